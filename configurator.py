@@ -1,0 +1,116 @@
+"""
+Overrides a script's typed globals, nanoGPT style, but with errors that explain:
+
+    python train.py config/baseline.py --batch_size=32 --compile=False
+
+A config file is plain Python with bare assignments, run first; --key=value flags come after it.
+Every key must be a global the script declares with a type annotation, and every value must have
+that type (an int is accepted where a float is expected). Used as:
+
+    from configurator import configure
+    configure(globals(), sys.argv[1:])
+"""
+import ast
+import difflib
+import os
+import sys
+import types
+import typing
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _allowed_types(annotation):
+    """(int,), (int, NoneType), ... from an annotation like `int` or `int | None`."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _type_name(annotation):
+    return ' or '.join('None' if t is type(None) else t.__name__ for t in _allowed_types(annotation))
+
+
+def _unknown_key(key, known, where):
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; run with --help to list the settings"
+    return ConfigError(f"{where}: unknown setting {key!r}{hint}")
+
+
+def _check_type(key, value, annotation, where):
+    allowed = _allowed_types(annotation)
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, bool):  # bool is an int in Python; only accept it where bool is declared
+        if bool in allowed:
+            return value
+    elif isinstance(value, int) and int in allowed:
+        return value
+    elif isinstance(value, (int, float)) and float in allowed:
+        return float(value)
+    elif isinstance(value, str) and str in allowed:
+        return value
+    raise ConfigError(f"{where}: {key}={value!r} has the wrong type: expected {_type_name(annotation)}")
+
+
+def _parse_flag(key, text, annotation):
+    """The value of --key=text: a Python literal, except that str settings keep the text as is."""
+    allowed = _allowed_types(annotation)
+    if text == 'None' and type(None) in allowed:
+        return None
+    if str in allowed:
+        return text
+    if bool in allowed and text.lower() in ('true', 'false'):
+        return text.lower() == 'true'
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # _check_type then reports the type mismatch
+
+
+def print_help(namespace):
+    script = os.path.basename(sys.argv[0])
+    print(f"usage: python {script} [config/file.py] [--key=value ...]\n\nsettings (type = default):")
+    for key, annotation in namespace['__annotations__'].items():
+        print(f"  --{key:<28} {_type_name(annotation):<14} = {namespace[key]!r}")
+
+
+def configure(namespace, argv):
+    """Apply a config file and --key=value flags from argv to the annotated globals in namespace.
+    Returns the config file's path (or None). Raises ConfigError with a one-line message."""
+    annotations = namespace.get('__annotations__', {})
+    known = list(annotations)
+    if '-h' in argv or '--help' in argv:
+        print_help(namespace)
+        sys.exit(0)
+    files = [a for a in argv if not a.startswith('--')]
+    if len(files) > 1:
+        raise ConfigError(f"{files[1]}: only one config file may be given (already have {files[0]})")
+    config_file = files[0] if files else None
+    if config_file is not None:  # the file first, so that flags win wherever they stand
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"{config_file}: config file not found (expected a Python file such as config/baseline.py)")
+        scope = {'__file__': os.path.abspath(config_file)}  # lets a config build on another one
+        try:
+            with open(config_file, encoding='utf-8') as f:
+                exec(compile(f.read(), config_file, 'exec'), scope)
+        except Exception as e:
+            raise ConfigError(f"{config_file}: cannot run this config file: {type(e).__name__}: {e}") from None
+        for key, value in scope.items():
+            if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                continue
+            if key not in annotations:
+                raise _unknown_key(key, known, config_file)
+            namespace[key] = _check_type(key, value, annotations[key], config_file)
+    for arg in argv:
+        if not arg.startswith('--'):
+            continue
+        key, sep, text = arg[2:].partition('=')
+        if not sep:
+            raise ConfigError(f"{arg}: expected --key=value")
+        if key not in annotations:
+            raise _unknown_key(key, known, f"--{key}")
+        namespace[key] = _check_type(key, _parse_flag(key, text, annotations[key]), annotations[key], f"--{key}")
+    return config_file
