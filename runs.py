@@ -33,15 +33,19 @@ class RunError(ValueError):
 # -----------------------------------------------------------------------------
 # writing
 
-def atomic_write_text(path, text):
+def atomic_write_bytes(path, data):
     """Temporary name, fsync, rename: readers see the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'w', encoding='utf-8', newline='') as f:
-        f.write(text)
+    with open(tmp, 'wb') as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode('utf-8'))
 
 
 def atomic_write_json(path, obj):

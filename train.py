@@ -235,7 +235,7 @@ if master:
 model_args = dict(n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, mlp_hidden=mlp_hidden,
                   dropout=dropout, bias=bias, norm=norm, mlp=mlp, pos_emb=pos_emb, residual_scale=residual_scale,
                   qk_norm=qk_norm, attn_impl=attn_impl)
-state = dict(iter_num=0, last_row_iter=-1, best_val_loss=math.inf, best_val_iter=None, elapsed_s=0.0,
+state = dict(iter_num=0, last_row_iter=-1, best_val_loss=math.inf, best_val_iter=None, elapsed_s=0.0, wall_time_s=0.0,
              loss_sum=0.0, loss_steps=0, last_val_loss=None, last_train_loss=None, speed_sum=0.0, speed_n=0,
              mfu_sum=0.0, mfu_n=0, resumed_at=[])
 if init_from == 'resume':
@@ -334,7 +334,8 @@ def fmt(v):
 def write_summary(status, message=None):
     summary = dict(status=status, run_name=run_name, model_name=raw_model.config.model_name, seed=seed,
                    iters=state['iter_num'], tokens_seen=state['iter_num'] * tokens_per_iter,
-                   wall_time_s=round(state['elapsed_s'], 3), final_val_loss=state['last_val_loss'],
+                   wall_time_s=round(state['wall_time_s'] + time.time() - wall_start, 3),
+                   train_time_s=round(state['elapsed_s'], 3), final_val_loss=state['last_val_loss'],
                    best_val_loss=state['best_val_loss'] if state['best_val_iter'] is not None else None,
                    best_val_iter=state['best_val_iter'], final_train_loss=state['last_train_loss'],
                    n_params=n_params, n_params_non_embedding=raw_model.num_params(non_embedding=True),
@@ -345,6 +346,7 @@ def write_summary(status, message=None):
 
 
 metrics_file = norms_file = writer = None
+wall_start = time.time()  # wall-clock time, evaluation included; state['wall_time_s'] holds earlier attempts
 if master:
     runs.atomic_write_json(os.path.join(run_dir, 'config.json'), dict(
         config, run_name=run_name, config_file=config_file, model_args=asdict(raw_model.config),
@@ -485,6 +487,8 @@ while True:
             break
         if master and (save_checkpoints or stopping):
             state['iter_num'], state['loss_sum'] = iter_num, loss_sum.item()
+            state['wall_time_s'] += time.time() - wall_start  # the checkpoint carries the total so far
+            wall_start = time.time()
             path = save(iter_num)
             if stopping:
                 print(f"saved {path}")

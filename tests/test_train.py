@@ -4,7 +4,6 @@ import csv
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_script, train_run
+from conftest import CPU_MALLOC_ENV, REPO, run_script, train_run
 from model import load_checkpoint
 import runs
 
@@ -124,7 +123,8 @@ def test_interrupt_saves_checkpoint_and_summary_then_resume_matches(small_data, 
     out = tmp_path / 'out'
     cmd = [sys.executable, str(REPO / 'train.py'), 'config/smoke.py', f'--out_dir={out}', '--run_name=cut',
            f'--data_dir={small_data}', *TINY, '--max_iters=40']
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **CPU_MALLOC_ENV), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     metrics = out / 'cut' / 'metrics.csv'
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -258,7 +258,7 @@ def test_ddp_two_processes_match_one_process(small_data, tmp_path):
     common = [f'--data_dir={small_data}', f'--out_dir={tmp_path}', *TINY, '--max_iters=10',
               '--gradient_accumulation_steps=2']
     single = train_run(small_data, tmp_path, 'single', *TINY, '--max_iters=10', '--gradient_accumulation_steps=2')
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env = dict(os.environ, OMP_NUM_THREADS='1', **CPU_MALLOC_ENV)
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                            str(REPO / 'train.py'), 'config/smoke.py', '--run_name=ddp', *common],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,557 @@
+"""
+Score checkpoints on targeted prompts: does the model know that Lily is a girl, that two apples and
+one more make three, where the ball is? Quick evidence of what a model has learned, long before
+its stories read well.
+
+    python eval_harness.py --out_dir out                          # every run in out/, latest checkpoint
+    python eval_harness.py --run_names baseline_s1 'gqa_*'        # some runs (names or globs)
+    python eval_harness.py --checkpoint_step 2000                 # that step in every run
+    python eval_harness.py --prompts my_prompts.json --report_dir comparisons/my_eval
+    python eval_harness.py --temperature 0.8 --top_k 40 --seed 1  # sample instead of greedy decoding
+
+A prompt is one of two kinds (lm-evaluation-harness's generate_until and multiple_choice):
+- generative: the model continues `prompt` (greedy by default, batched with the key/value cache);
+  the continuation is cut at its first line break, then after its first sentence end, and it passes
+  when any of `answers` matches it (`match`: contains (whole words), exact, prefix, regex).
+- multiple choice (`choices` + `answer_index`): no text is generated; each choice is scored as the
+  continuation " <choice>" by its summed log-probability (model.score) and the prompt passes when
+  the most likely choice is the right one (acc). The length-normalised pick (acc_norm: log-prob per
+  character of the choice) is reported beside it but awards no points.
+Points: a passed prompt earns its `score`; weighted score = points earned / all points.
+
+The prompt file is checked completely before any model loads; a bad one stops the script with one
+line naming the prompt id and the problem. A run without checkpoints (or without --checkpoint_step)
+is reported and skipped. Outputs in --report_dir (default comparisons/eval_harness): eval_results.csv,
+summary_table.csv, summary_table.md, category_breakdown.csv, difficulty_breakdown.csv, settings.json.
+"""
+import argparse
+import csv
+import fnmatch
+import hashlib
+import io
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model import CheckpointError, load_checkpoint
+from runs import RunError, atomic_write_json, atomic_write_text, find_runs, list_checkpoints
+
+DEFAULT_PROMPTS = 'eval/prompts_tinystories.json'
+MATCH_TYPES = ('contains', 'exact', 'prefix', 'regex')
+REQUIRED_KEYS = ('id', 'category', 'difficulty', 'score', 'prompt')
+OPTIONAL_KEYS = ('answers', 'match', 'case_sensitive', 'choices', 'answer_index', 'note')
+CHOICE_DELIMITER = ' '  # between prompt and choice, as lm-evaluation-harness's target_delimiter
+
+# -----------------------------------------------------------------------------
+# the prompt file
+
+
+class PromptFileError(ValueError):
+    """The prompt file is unusable; the message is one line naming the file and the prompt id."""
+
+
+def load_prompts(path):
+    """Read and check a prompt file ({"prompts": [...]}). Returns the list of prompt dicts with
+    defaults filled in (match, case_sensitive). Raises PromptFileError on the first problem."""
+    path = Path(path)
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise PromptFileError(f"{path}: prompt file not found") from None
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{path}: not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise PromptFileError(f"{path}: not UTF-8 text: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get('prompts'), list):
+        raise PromptFileError(f'{path}: expected a JSON object {{"prompts": [...]}}')
+    if not data['prompts']:
+        raise PromptFileError(f"{path}: the prompts list is empty")
+    prompts, seen = [], set()
+    for i, item in enumerate(data['prompts']):
+        if isinstance(item, dict) and isinstance(item.get('id'), str) and item['id'].strip():
+            where = f"{path}: prompt {item['id']!r}"
+        else:
+            where = f"{path}: prompt #{i + 1} (no valid id)"
+
+        def bad(problem):
+            return PromptFileError(f"{where}: {problem}")
+
+        if not isinstance(item, dict):
+            raise bad(f"expected an object, got {type(item).__name__}")
+        missing = [k for k in REQUIRED_KEYS if k not in item]
+        if missing:
+            raise bad(f"missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(item) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+        if unknown:
+            raise bad(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)})")
+        if not isinstance(item['id'], str) or not item['id'].strip():
+            raise bad("id must be a non-empty string")
+        if item['id'] in seen:
+            raise bad("duplicate id (ids must be unique)")
+        seen.add(item['id'])
+        if not isinstance(item['category'], str) or not item['category'].strip():
+            raise bad("category must be a non-empty string")
+        if type(item['difficulty']) is not int or item['difficulty'] < 1:
+            raise bad(f"difficulty must be a positive integer (1 = easy), got {item['difficulty']!r}")
+        score = item['score']
+        if type(score) not in (int, float) or not math.isfinite(score) or score <= 0:
+            raise bad(f"score must be a positive number, got {score!r}")
+        text = item['prompt']
+        if not isinstance(text, str) or not text.strip():
+            raise bad("prompt must be a non-empty string")
+        if text != text.rstrip():
+            # GPT-2 tokens carry their leading space (" girl"): a prompt ending in a space asks for
+            # a token the model has almost never seen there
+            raise bad("prompt ends with whitespace; end it at the last word (the model writes the space)")
+        case_sensitive = item.get('case_sensitive', False)
+        if not isinstance(case_sensitive, bool):
+            raise bad(f"case_sensitive must be true or false, got {case_sensitive!r}")
+        if 'choices' in item or 'answer_index' in item:
+            prompts.append(dict(item, **_check_choices(item, bad)))
+        else:
+            prompts.append(dict(item, **_check_answers(item, bad)))
+    return prompts
+
+
+def _check_choices(item, bad):
+    if 'choices' not in item or 'answer_index' not in item:
+        raise bad("a multiple-choice prompt needs both choices and answer_index")
+    for key in ('answers', 'match', 'case_sensitive'):
+        if key in item:
+            raise bad(f"{key} does not apply to a multiple-choice prompt (it is scored by choices/answer_index)")
+    choices = item['choices']
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise bad("choices must be a list of at least 2 strings")
+    for c in choices:
+        if not isinstance(c, str) or not c.strip():
+            raise bad(f"every choice must be a non-empty string, got {c!r}")
+        if c != c.strip():
+            raise bad(f"choice {c!r} has surrounding whitespace (the harness puts one space before it)")
+    if len({c.casefold() for c in choices}) != len(choices):
+        raise bad("choices repeat (compared case-insensitively)")
+    index = item['answer_index']
+    if type(index) is not int or not 0 <= index < len(choices):
+        raise bad(f"answer_index must be an integer in 0..{len(choices) - 1}, got {index!r}")
+    return dict(type='choice', match='loglikelihood')
+
+
+def _check_answers(item, bad):
+    if 'answers' not in item:
+        raise bad("missing field answers (or choices + answer_index for multiple choice)")
+    answers = item['answers']
+    if not isinstance(answers, list) or not answers:
+        raise bad("answers must be a non-empty list of strings")
+    for a in answers:
+        if not isinstance(a, str) or not a.strip():
+            raise bad(f"every answer must be a non-empty string, got {a!r}")
+    match = item.get('match', 'contains')
+    if match not in MATCH_TYPES:
+        raise bad(f"unknown match {match!r}: expected one of {', '.join(MATCH_TYPES)}")
+    if match == 'regex':
+        for a in answers:
+            try:
+                re.compile(a)
+            except re.error as e:
+                raise bad(f"answer regex {a!r} does not compile: {e}") from None
+    return dict(type='generate', match=match, case_sensitive=item.get('case_sensitive', False))
+
+# -----------------------------------------------------------------------------
+# cutting a completion and matching answers
+
+# a run of . ! ? with any closing quotes/brackets, then whitespace or the end ("3.5" is not an end)
+SENTENCE_END = re.compile(r'[.!?]+["\'\u201d\u2019)\]]*(?=\s|$)')
+EDGE_PUNCTUATION = ' .,!?;:"\'()[]\u201c\u201d\u2018\u2019'
+
+
+def cut_completion(text):
+    """The part of a generated continuation that answers are matched against: leading spaces
+    dropped, then cut at the first line break, then just after the first sentence end."""
+    text = text.lstrip(' \t').split('\n', 1)[0]
+    m = SENTENCE_END.search(text)
+    return (text[:m.end()] if m else text).strip()
+
+
+def _words_pattern(answer):
+    """answer as a regex that only matches whole words: 'he' is not inside 'the', '3' not in '13'."""
+    answer = ' '.join(answer.split())
+    pattern = r'\s+'.join(re.escape(w) for w in answer.split(' '))
+    if re.match(r'\w', answer):
+        pattern = r'(?<!\w)' + pattern
+    if re.search(r'\w$', answer):
+        pattern += r'(?!\w)'
+    return pattern
+
+
+def _trim(text):
+    """Whitespace collapsed, punctuation and quotes stripped at both ends: '"Cold!"' -> 'Cold'."""
+    return ' '.join(text.split()).strip(EDGE_PUNCTUATION)
+
+
+def answer_matches(completion, answer, match='contains', case_sensitive=False):
+    """Does one answer match a (cut) completion?
+    contains: the answer occurs as whole words anywhere; prefix: the completion starts with the
+    answer's whole words; exact: the completion is the answer (both trimmed of edge punctuation and
+    quotes); regex: re.search. Case-insensitive unless case_sensitive."""
+    flags = 0 if case_sensitive else re.IGNORECASE
+    if match == 'contains':
+        return re.search(_words_pattern(answer), completion, flags) is not None
+    if match == 'prefix':
+        return re.match(_words_pattern(answer), _trim(completion), flags) is not None
+    if match == 'exact':
+        a, c = _trim(answer), _trim(completion)
+        return a == c if case_sensitive else a.casefold() == c.casefold()
+    if match == 'regex':
+        return re.search(answer, completion, flags) is not None
+    raise ValueError(f"unknown match {match!r}: expected one of {', '.join(MATCH_TYPES)}")
+
+
+def passes(prompt, completion):
+    """A generative prompt passes when any of its answers matches the cut completion."""
+    return any(answer_matches(completion, a, prompt['match'], prompt['case_sensitive']) for a in prompt['answers'])
+
+# -----------------------------------------------------------------------------
+# evaluating one model
+
+
+def _batches(items, size):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def evaluate_model(model, tok, prompts, max_new_tokens=20, batch_size=32, temperature=0.0, top_k=None,
+                   generator=None, eot_token=50256, progress=None):
+    """One result dict per prompt (in file order). Generative prompts are generated in batches of
+    similar length (less padding); multiple-choice prompts are scored by model.score."""
+    encoded = [tok.encode_ordinary(p['prompt']) for p in prompts]
+    results = [None] * len(prompts)
+    gen = sorted((i for i, p in enumerate(prompts) if p['type'] == 'generate'), key=lambda i: len(encoded[i]))
+    mc = sorted((i for i, p in enumerate(prompts) if p['type'] == 'choice'), key=lambda i: len(encoded[i]))
+
+    for batch in _batches(gen, batch_size):
+        new_tokens = model.generate([encoded[i] for i in batch], max_new_tokens, temperature=temperature,
+                                    top_k=top_k, eot_token=eot_token, generator=generator)
+        for i, toks in zip(batch, new_tokens):
+            generated = tok.decode(toks)
+            completion = cut_completion(generated)
+            results[i] = dict(generated=generated, completion=completion, passed=passes(prompts[i], completion))
+        if progress is not None:
+            progress.update(len(batch))
+
+    # a batch is as many prompts as keep the (prompt, choice) pairs within batch_size (at least one)
+    chunks, chunk, n_pairs = [], [], 0
+    for i in mc:
+        n = len(prompts[i]['choices'])
+        if chunk and n_pairs + n > batch_size:
+            chunks.append(chunk)
+            chunk, n_pairs = [], 0
+        chunk.append(i)
+        n_pairs += n
+    if chunk:
+        chunks.append(chunk)
+    for chunk in chunks:
+        contexts, continuations = [], []
+        for i in chunk:
+            for c in prompts[i]['choices']:
+                contexts.append(encoded[i])
+                continuations.append(tok.encode_ordinary(CHOICE_DELIMITER + c))
+        logprobs, _ = model.score(contexts, continuations, batch_size=batch_size)
+        k = 0
+        for i in chunk:
+            choices = prompts[i]['choices']
+            lps = logprobs[k:k + len(choices)]
+            k += len(choices)
+            results[i] = choice_result(prompts[i], lps)
+        if progress is not None:
+            progress.update(len(chunk))
+    return results
+
+
+def choice_result(prompt, logprobs):
+    """acc: the choice with the highest summed log-prob (first on ties) is the answer; acc_norm: the
+    same with log-prob per character of the choice (lm-evaluation-harness's acc_norm)."""
+    choices = prompt['choices']
+    chosen = max(range(len(choices)), key=lambda j: logprobs[j])
+    chosen_norm = max(range(len(choices)), key=lambda j: logprobs[j] / len(choices[j]))
+    return dict(generated='', completion=choices[chosen], passed=chosen == prompt['answer_index'],
+                chosen_index=chosen, choice_logprobs=logprobs,
+                passed_norm=chosen_norm == prompt['answer_index'])
+
+# -----------------------------------------------------------------------------
+# tables
+
+
+RESULT_COLUMNS = ['run', 'step', 'prompt_id', 'category', 'difficulty', 'score', 'type', 'match', 'expected',
+                  'completion', 'passed', 'points', 'generated', 'choice_logprobs', 'chosen_index', 'answer_index',
+                  'passed_norm']
+
+
+def result_rows(run, step, prompts, results):
+    """eval_results.csv rows for one evaluated checkpoint."""
+    rows = []
+    for p, r in zip(prompts, results):
+        mc = p['type'] == 'choice'
+        rows.append(dict(
+            run=run, step=step, prompt_id=p['id'], category=p['category'], difficulty=p['difficulty'],
+            score=p['score'], type=p['type'], match=p['match'],
+            expected=p['choices'][p['answer_index']] if mc else ' | '.join(p['answers']),
+            completion=r['completion'], passed=int(r['passed']), points=p['score'] if r['passed'] else 0,
+            generated=r['generated'],
+            choice_logprobs=';'.join(f'{lp:.4f}' for lp in r['choice_logprobs']) if mc else '',
+            chosen_index=r['chosen_index'] if mc else '', answer_index=p['answer_index'] if mc else '',
+            passed_norm=int(r['passed_norm']) if mc else ''))
+    return rows
+
+
+def summarize(rows, by=None):
+    """Per (run, step[, by]) totals: prompts, passed, accuracy, points, max_points, weighted_score.
+    Groups keep the order in which they first appear (runs in order; categories in file order)."""
+    groups = {}
+    for r in rows:
+        key = (r['run'], r['step']) + ((r[by],) if by else ())
+        groups.setdefault(key, []).append(r)
+    keys = list(groups)
+    if by == 'difficulty':  # numeric order within each run
+        first = {}
+        for k in keys:
+            first.setdefault(k[:2], len(first))
+        keys.sort(key=lambda k: (first[k[:2]], k[2]))
+    out = []
+    for key in keys:
+        g = groups[key]
+        n, passed = len(g), sum(r['passed'] for r in g)
+        points, max_points = sum(r['points'] for r in g), sum(r['score'] for r in g)
+        row = dict(run=key[0], step=key[1])
+        if by:
+            row[by] = key[2]
+        row.update(prompts=n, passed=passed, accuracy=passed / n, points=points, max_points=max_points,
+                   weighted_score=points / max_points)
+        out.append(row)
+    return out
+
+
+def summary_rows(rows, model_names):
+    """summary_table rows: the overall totals plus the accuracy's standard error, and accuracy on
+    each kind of prompt (generative; multiple choice by acc and by acc_norm)."""
+    out = []
+    for s in summarize(rows):
+        g = [r for r in rows if (r['run'], r['step']) == (s['run'], s['step'])]
+        gen = [r for r in g if r['type'] == 'generate']
+        mc = [r for r in g if r['type'] == 'choice']
+        n, acc = s['prompts'], s['accuracy']
+        out.append(dict(
+            run=s['run'], model_name=model_names.get(s['run'], ''), step=s['step'], prompts=n, passed=s['passed'],
+            accuracy=acc, accuracy_stderr=math.sqrt(acc * (1 - acc) / (n - 1)) if n > 1 else math.nan,
+            weighted_score=s['weighted_score'], points=s['points'], max_points=s['max_points'],
+            generate_accuracy=sum(r['passed'] for r in gen) / len(gen) if gen else math.nan,
+            choice_accuracy=sum(r['passed'] for r in mc) / len(mc) if mc else math.nan,
+            choice_acc_norm=sum(r['passed_norm'] for r in mc) / len(mc) if mc else math.nan))
+    return out
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return '' if math.isnan(v) else (str(int(v)) if v.is_integer() and abs(v) < 1e15 else f'{v:.4f}')
+    return v
+
+
+def csv_text(rows, columns):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator='\n')
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({c: _fmt(r[c]) for c in columns})
+    return buf.getvalue()
+
+
+def markdown_table(summary, settings):
+    def pct(v):
+        return '' if math.isnan(v) else f'{100 * v:.1f}%'
+    lines = [f"# Prompt eval: {settings['prompts_file']} ({settings['n_prompts']} prompts, "
+             f"{settings['n_multiple_choice']} multiple choice)", '',
+             f"Decoding: {settings['decoding']}, max_new_tokens={settings['max_new_tokens']}. "
+             "Multiple choice awards points by acc; acc_norm is shown for reference.", '',
+             '| run | model | step | accuracy | weighted score | prompts | generative acc | MC acc | MC acc_norm |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+    for s in summary:
+        lines.append(f"| {s['run']} | {s['model_name']} | {s['step']} | {pct(s['accuracy'])} "
+                     f"\u00b1 {pct(s['accuracy_stderr']).rstrip('%')} | {pct(s['weighted_score'])} | {s['prompts']} | "
+                     f"{pct(s['generate_accuracy'])} | {pct(s['choice_accuracy'])} | {pct(s['choice_acc_norm'])} |")
+    return '\n'.join(lines) + '\n'
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def pick_device(name):
+    if name != 'auto':
+        return name
+    if torch.cuda.is_available():
+        return 'cuda'
+    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+        return 'mps'
+    return 'cpu'
+
+
+def select_checkpoints(out_dir, run_names, step):
+    """([(run_dir, step, checkpoint path)], [(run name, reason)]): the checkpoint of each run to
+    evaluate, and the runs skipped with the reason."""
+    runs = find_runs(out_dir, run_names)
+    skipped = []
+    for name in run_names or []:
+        if not any(fnmatch.fnmatchcase(r.name, name) for r in runs):
+            skipped.append((name, f"no run folder {Path(out_dir) / name} (with config.json and metrics.csv)"))
+    chosen = []
+    for run_dir in runs:
+        ckpts = list_checkpoints(run_dir)
+        if not ckpts:
+            skipped.append((run_dir.name, f"no checkpoints in {run_dir / 'checkpoints'} "
+                                          "(none saved yet, or trained with save_checkpoints=False)"))
+        elif step is None:
+            last = max(ckpts)
+            chosen.append((run_dir, last, ckpts[last]))
+        elif step not in ckpts:
+            skipped.append((run_dir.name, f"no checkpoint at step {step} (has {', '.join(map(str, ckpts))})"))
+        else:
+            chosen.append((run_dir, step, ckpts[step]))
+    return chosen, skipped
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--out_dir', '--runs_dir', dest='out_dir', default='out',
+                    help="folder of run folders, as train.py's out_dir (default: out)")
+    ap.add_argument('--run_names', nargs='+', default=None, help='runs to evaluate (names or globs; default: all)')
+    ap.add_argument('--checkpoint_step', type=int, default=None,
+                    help="evaluate this step's checkpoint (default: each run's latest)")
+    ap.add_argument('--prompts', default=DEFAULT_PROMPTS, help=f'prompt file (default: {DEFAULT_PROMPTS})')
+    ap.add_argument('--report_dir', default='comparisons/eval_harness', help='where the tables go')
+    ap.add_argument('--max_new_tokens', type=int, default=20, help='tokens generated per prompt (default: 20)')
+    ap.add_argument('--batch_size', type=int, default=32, help='prompts (or prompt+choice pairs) per forward pass')
+    ap.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps')
+    ap.add_argument('--temperature', type=float, default=0.0, help='0 = greedy (default); > 0 samples')
+    ap.add_argument('--top_k', type=int, default=None, help='sample from the k most likely tokens only')
+    ap.add_argument('--seed', type=int, default=1337, help='sampling seed (reset for every checkpoint)')
+    args = ap.parse_args(argv)
+    if args.max_new_tokens < 1:
+        ap.error(f"--max_new_tokens={args.max_new_tokens}: expected at least 1")
+    if args.batch_size < 1:
+        ap.error(f"--batch_size={args.batch_size}: expected at least 1")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        ap.error(f"--temperature={args.temperature}: expected 0 (greedy) or a positive number")
+    if args.top_k is not None and args.top_k < 1:
+        ap.error(f"--top_k={args.top_k}: expected at least 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # the prompt file is checked in full before anything slow happens
+    try:
+        prompts = load_prompts(args.prompts)
+    except PromptFileError as e:
+        sys.exit(f"error: {e}")
+    try:
+        chosen, skipped = select_checkpoints(args.out_dir, args.run_names, args.checkpoint_step)
+    except RunError as e:
+        sys.exit(f"error: {e}")
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}")
+    if not chosen:
+        wanted = f" matching {' '.join(args.run_names)}" if args.run_names else ''
+        sys.exit(f"error: nothing to evaluate: no run{wanted} in {args.out_dir} has a usable checkpoint "
+                 "(train.py writes out/<run_name>/checkpoints/ckpt_<iter>.pt)")
+
+    from prepare import EOT_TOKEN, get_tokenizer
+    tok = get_tokenizer()
+    device = pick_device(args.device)
+    decoding = ('greedy' if args.temperature == 0 else
+                f'sampling (temperature={args.temperature}, top_k={args.top_k}, seed={args.seed})')
+    if args.temperature == 0 and args.top_k is not None:
+        print("note: --top_k has no effect with greedy decoding (--temperature 0)")
+    n_mc = sum(p['type'] == 'choice' for p in prompts)
+    print(f"{len(prompts)} prompts ({n_mc} multiple choice) from {args.prompts}; {decoding}; device {device}")
+
+    rows, evaluated, model_names = [], [], {}
+    for run_dir, step, path in chosen:
+        try:
+            model, ckpt = load_checkpoint(path, device)
+        except CheckpointError as e:
+            skipped.append((run_dir.name, str(e)))
+            print(f"skipped {run_dir.name}: {e}")
+            continue
+        cfg = model.config
+        problem = None
+        if cfg.vocab_size < tok.n_vocab:
+            problem = f"{path}: vocab_size={cfg.vocab_size} is smaller than the GPT-2 tokenizer's {tok.n_vocab}"
+        elif args.max_new_tokens >= cfg.block_size:
+            problem = (f"--max_new_tokens={args.max_new_tokens} needs a block_size above it "
+                       f"(this model: {cfg.block_size})")
+        if problem:
+            skipped.append((run_dir.name, problem))
+            print(f"skipped {run_dir.name}: {problem}")
+            continue
+        too_long = [p['id'] for p in prompts
+                    if len(tok.encode_ordinary(p['prompt'])) + (0 if p['type'] == 'choice' else args.max_new_tokens)
+                    > cfg.block_size]
+        if too_long:
+            named = ', '.join(too_long[:5]) + (', ...' if len(too_long) > 5 else '')
+            print(f"warning: {run_dir.name}: {len(too_long)} prompt(s) longer than block_size={cfg.block_size} "
+                  f"allows keep only their last tokens ({named})")
+        generator = None
+        if args.temperature > 0:
+            generator = torch.Generator(device=device).manual_seed(args.seed)
+        t0 = time.perf_counter()
+        with tqdm(total=len(prompts), desc=f"{run_dir.name}@{step}", unit='prompt', file=sys.stderr) as bar:
+            results = evaluate_model(model, tok, prompts, args.max_new_tokens, args.batch_size, args.temperature,
+                                     args.top_k, generator, EOT_TOKEN, progress=bar)
+        dt_s = time.perf_counter() - t0
+        rows += result_rows(run_dir.name, step, prompts, results)
+        model_names[run_dir.name] = cfg.model_name
+        evaluated.append(dict(run=run_dir.name, step=step, checkpoint=str(path), model_name=cfg.model_name,
+                              iter_num=ckpt.get('iter_num'), eval_s=round(dt_s, 3)))
+        del model
+    if not evaluated:
+        sys.exit("error: nothing was evaluated: every selected checkpoint was skipped (see above)")
+
+    summary = summary_rows(rows, model_names)
+    settings = dict(
+        prompts_file=str(args.prompts), prompts_sha256=hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest(),
+        n_prompts=len(prompts), n_multiple_choice=n_mc, decoding=decoding, temperature=args.temperature,
+        top_k=args.top_k, seed=args.seed if args.temperature > 0 else None, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, device=device, torch_version=torch.__version__,
+        checkpoint_step=args.checkpoint_step if args.checkpoint_step is not None else 'latest',
+        completion_cut='leading spaces dropped, cut at the first line break, then after the first sentence end (. ! ?)',
+        multiple_choice_points='acc (highest summed log-prob of " <choice>"); acc_norm reported only',
+        evaluated=evaluated, skipped=[dict(run=n, reason=r) for n, r in skipped],
+        created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+
+    report = Path(args.report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(report / 'eval_results.csv', csv_text(rows, RESULT_COLUMNS))
+    summary_cols = ['run', 'model_name', 'step', 'prompts', 'passed', 'accuracy', 'accuracy_stderr', 'weighted_score',
+                    'points', 'max_points', 'generate_accuracy', 'choice_accuracy', 'choice_acc_norm']
+    atomic_write_text(report / 'summary_table.csv', csv_text(summary, summary_cols))
+    atomic_write_text(report / 'summary_table.md', markdown_table(summary, settings))
+    totals = ['prompts', 'passed', 'accuracy', 'points', 'max_points', 'weighted_score']
+    atomic_write_text(report / 'category_breakdown.csv',
+                      csv_text(summarize(rows, 'category'), ['run', 'step', 'category'] + totals))
+    atomic_write_text(report / 'difficulty_breakdown.csv',
+                      csv_text(summarize(rows, 'difficulty'), ['run', 'step', 'difficulty'] + totals))
+    atomic_write_json(report / 'settings.json', settings)
+
+    print()
+    print(markdown_table(summary, settings))
+    print(f"wrote eval_results.csv, summary_table.csv/.md, category_breakdown.csv, difficulty_breakdown.csv, "
+          f"settings.json to {report}")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,394 @@
+"""eval_harness.py: cutting and every match type, scoring and breakdowns by hand, the multiple-choice
+path, batched generation against one prompt at a time, each bad prompt file, skipped runs, the shipped
+prompt file, and an end-to-end run on real smoke-trained checkpoints."""
+import collections
+import csv
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+import eval_harness as eh
+from conftest import REPO, run_script
+from model import GPT, load_checkpoint, make_config, save_checkpoint
+from prepare import EOT_TOKEN, get_tokenizer
+
+OUTPUTS = ['eval_results.csv', 'summary_table.csv', 'summary_table.md', 'category_breakdown.csv',
+           'difficulty_breakdown.csv', 'settings.json']
+
+
+def read_csv(path):
+    with open(path, newline='', encoding='utf-8') as f:
+        return list(csv.DictReader(f))
+
+
+def tiny_model(seed=0, block_size=64):
+    torch.manual_seed(seed)
+    return GPT(make_config('baseline', n_layer=1, n_head=2, n_embd=16, block_size=block_size)).eval()
+
+
+def make_run(root, name, steps, seed=0):
+    """A run folder the way train.py leaves it, as far as the harness reads it: checkpoints at steps."""
+    run = root / name
+    (run / 'checkpoints').mkdir(parents=True)
+    (run / 'config.json').write_text(json.dumps(dict(run_name=name)))
+    (run / 'metrics.csv').write_text('iter,tokens_seen,elapsed_s,lr,train_loss,val_loss,grad_norm,weight_norm,'
+                                     'tokens_per_s,mfu\n')
+    for step in steps:
+        save_checkpoint(run / 'checkpoints' / f'ckpt_{step:06d}.pt', tiny_model(seed + step), iter_num=step)
+    return run
+
+
+def write_prompts(path, prompts):
+    path.write_text(json.dumps(dict(prompts=prompts)))
+    return path
+
+
+GEN = dict(id='g1', category='gender', difficulty=1, score=1, prompt='Tom is a boy. Lily is a', answers=['girl'])
+MC = dict(id='m1', category='opposites', difficulty=2, score=2, prompt='The sun is hot, but the snow is',
+          choices=['cold', 'hot'], answer_index=0)
+
+# -----------------------------------------------------------------------------
+# cutting and matching
+
+
+@pytest.mark.parametrize('generated, cut', [
+    (' girl. She likes to play.', 'girl.'),
+    (' girl and a boy\nThe end.', 'girl and a boy'),
+    ('\n\nOnce upon a time.', ''),                              # a new paragraph is no answer
+    (' "Yes!" said Tom. Then he ran.', '"Yes!"'),
+    (' 3.5 apples. Then more.', '3.5 apples.'),                # a decimal point is no sentence end
+    (' happy... and sad', 'happy...'),
+    (' no end at all', 'no end at all'),
+])
+def test_cut_completion(generated, cut):
+    assert eh.cut_completion(generated) == cut
+
+
+@pytest.mark.parametrize('completion, answer, expected', [
+    ('then he ran home.', 'he', True),
+    ('the dog ran.', 'he', False),                             # not inside "the"
+    ('she has 13 cats.', '3', False),                          # not inside "13"
+    ('she has 3 cats.', '3', True),
+    ('Lily is a GIRL.', 'girl', True),                         # case-insensitive by default
+    ('girls are here.', 'girl', False),
+    ('an ice   cream cone', 'ice cream', True),               # any whitespace between the words
+    ("Tom's ball", "Tom's", True),
+    ('he is 5!', '5!', True),                                  # answers may end in punctuation
+])
+def test_contains_matches_whole_words(completion, answer, expected):
+    assert eh.answer_matches(completion, answer, 'contains') is expected
+
+
+def test_case_sensitive_applies_to_every_match_type():
+    for match in ('contains', 'prefix', 'exact', 'regex'):
+        assert eh.answer_matches('Jake.', 'jake', match) is True
+        assert eh.answer_matches('Jake.', 'jake', match, case_sensitive=True) is False
+        assert eh.answer_matches('Jake.', 'Jake', match, case_sensitive=True) is True
+
+
+def test_exact_prefix_and_regex():
+    assert eh.answer_matches('"Cold!"', 'cold', 'exact')             # edge quotes and punctuation trimmed
+    assert not eh.answer_matches('cold and wet.', 'cold', 'exact')
+    assert eh.answer_matches('five, six, seven.', 'five', 'prefix')
+    assert not eh.answer_matches('fives are fun.', 'five', 'prefix')  # whole word
+    assert not eh.answer_matches('then five.', 'five', 'prefix')
+    assert eh.answer_matches('"Hop," said the frog.', 'Hop', 'prefix')  # an opening quote is skipped
+    assert eh.answer_matches('only one cookie.', r'^(just |only )?(one|1)\b', 'regex')
+    assert not eh.answer_matches('no cookie, not one.', r'^(just |only )?(one|1)\b', 'regex')
+    assert not eh.answer_matches('13 cats', r'^3', 'regex')
+    prompt = dict(GEN, answers=['woman', 'lady'], match='contains', case_sensitive=False)
+    assert eh.passes(prompt, 'a nice lady.') and not eh.passes(prompt, 'a man.')
+
+# -----------------------------------------------------------------------------
+# scoring by hand
+
+
+def test_weighted_score_and_breakdowns_by_hand():
+    prompts = [dict(id='a', category='x', difficulty=1, score=1, type='generate', match='contains', answers=['a']),
+               dict(id='b', category='x', difficulty=2, score=2, type='generate', match='contains', answers=['b']),
+               dict(id='c', category='y', difficulty=3, score=3, type='choice', match='loglikelihood',
+                    choices=['p', 'q'], answer_index=1),
+               dict(id='d', category='y', difficulty=1, score=4, type='choice', match='loglikelihood',
+                    choices=['p', 'q'], answer_index=0)]
+    results = [dict(generated=' a.', completion='a.', passed=True),
+               dict(generated=' z.', completion='z.', passed=False),
+               eh.choice_result(prompts[2], [-5.0, -1.0]),   # q: right
+               eh.choice_result(prompts[3], [-3.0, -2.0])]   # q: wrong
+    rows = eh.result_rows('r1', 30, prompts, results)
+    assert [r['points'] for r in rows] == [1, 0, 3, 0]
+    assert rows[2]['choice_logprobs'] == '-5.0000;-1.0000' and rows[2]['completion'] == 'q'
+    summary = eh.summary_rows(rows, {'r1': 'baseline'})
+    assert len(summary) == 1
+    s = summary[0]
+    assert (s['prompts'], s['passed'], s['points'], s['max_points']) == (4, 2, 4, 10)
+    assert s['accuracy'] == 0.5 and s['weighted_score'] == pytest.approx(0.4)
+    assert s['accuracy_stderr'] == pytest.approx(math.sqrt(0.25 / 3))
+    assert s['generate_accuracy'] == 0.5 and s['choice_accuracy'] == 0.5
+    cats = {r['category']: r for r in eh.summarize(rows, 'category')}
+    assert (cats['x']['passed'], cats['x']['points'], cats['x']['max_points']) == (1, 1, 3)
+    assert cats['x']['weighted_score'] == pytest.approx(1 / 3)
+    assert (cats['y']['passed'], cats['y']['points'], cats['y']['max_points']) == (1, 3, 7)
+    diffs = eh.summarize(rows, 'difficulty')
+    assert [(d['difficulty'], d['prompts'], d['passed'], d['points'], d['max_points']) for d in diffs] == \
+        [(1, 2, 1, 1, 5), (2, 1, 0, 0, 2), (3, 1, 1, 3, 3)]
+
+# -----------------------------------------------------------------------------
+# the multiple-choice path
+
+
+class StubScorer:
+    """model.score stand-in: a fixed log-prob per continuation text."""
+
+    def __init__(self, tok, logprob_of):
+        self.tok, self.logprob_of, self.calls = tok, logprob_of, []
+
+    def score(self, prompts, continuations, batch_size=32):
+        self.calls.append(len(prompts))
+        return [self.logprob_of[self.tok.decode(c)] for c in continuations], [False] * len(prompts)
+
+
+def test_choice_picks_highest_loglikelihood_and_acc_norm_divides_by_length():
+    tok = get_tokenizer()
+    prompt = dict(MC, choices=['cold', 'freezing'], answer_index=1, type='choice', match='loglikelihood')
+    # sum: 'cold' (-4) beats 'freezing' (-6); per character 'freezing' (-0.75) beats 'cold' (-1.0)
+    stub = StubScorer(tok, {' cold': -4.0, ' freezing': -6.0})
+    [r] = eh.evaluate_model(stub, tok, [prompt], batch_size=8)
+    assert (r['chosen_index'], r['completion'], r['passed'], r['passed_norm']) == (0, 'cold', False, True)
+    stub = StubScorer(tok, {' cold': -7.0, ' freezing': -6.0})
+    [r] = eh.evaluate_model(stub, tok, [prompt], batch_size=8)
+    assert (r['chosen_index'], r['passed']) == (1, True)
+
+
+def test_choice_batches_keep_pairs_within_batch_size():
+    tok = get_tokenizer()
+    prompts = [dict(MC, id=f'm{i}', choices=['a', 'b', 'c'], answer_index=i % 3, type='choice',
+                    match='loglikelihood') for i in range(5)]
+    stub = StubScorer(tok, {' a': -3.0, ' b': -1.0, ' c': -2.0})
+    results = eh.evaluate_model(stub, tok, prompts, batch_size=7)
+    assert stub.calls == [6, 6, 3]
+    assert [r['passed'] for r in results] == [False, True, False, False, True]
+
+
+def test_choice_agrees_with_model_score_on_a_real_model():
+    tok = get_tokenizer()
+    model = tiny_model(3)
+    prompts = [dict(p, type='choice', match='loglikelihood') for p in eh.load_prompts(
+        REPO / 'eval' / 'prompts_tinystories.json') if p['type'] == 'choice'][:12]
+    results = eh.evaluate_model(model, tok, prompts, batch_size=5)
+    for p, r in zip(prompts, results):
+        lps, _ = model.score([tok.encode_ordinary(p['prompt'])] * len(p['choices']),
+                             [tok.encode_ordinary(' ' + c) for c in p['choices']], batch_size=1)
+        assert r['chosen_index'] == max(range(len(lps)), key=lambda j: lps[j])
+        assert r['choice_logprobs'] == pytest.approx(lps, abs=1e-4)
+
+# -----------------------------------------------------------------------------
+# generation
+
+
+def test_batched_generation_returns_each_prompts_own_greedy_completion():
+    """Prompts are sorted by length and batched; every result must still be that prompt's own."""
+    tok = get_tokenizer()
+    model = tiny_model(5)
+    prompts = [p for p in eh.load_prompts(REPO / 'eval' / 'prompts_tinystories.json') if p['type'] == 'generate'][:10]
+    results = eh.evaluate_model(model, tok, prompts, max_new_tokens=6, batch_size=4)
+    for p, r in zip(prompts, results):
+        [alone] = model.generate([tok.encode_ordinary(p['prompt'])], 6, eot_token=EOT_TOKEN)
+        assert r['generated'] == tok.decode(alone)
+        assert r['completion'] == eh.cut_completion(r['generated'])
+
+# -----------------------------------------------------------------------------
+# bad prompt files: one line naming the prompt id, before any model loads
+
+
+BAD_FILES = [
+    ('not json', '{"prompts": [', 'not valid JSON'),
+    ('not the shape', '[1, 2]', 'expected a JSON object {"prompts": [...]}'),
+    ('empty', '{"prompts": []}', 'the prompts list is empty'),
+    ('missing field', [{k: v for k, v in GEN.items() if k != 'category'}], "prompt 'g1': missing field(s) category"),
+    ('no answers', [{k: v for k, v in GEN.items() if k != 'answers'}], "prompt 'g1': missing field answers"),
+    ('empty answers', [dict(GEN, answers=[])], "prompt 'g1': answers must be a non-empty list"),
+    ('blank answer', [dict(GEN, answers=[' '])], "prompt 'g1': every answer must be a non-empty string"),
+    ('unknown match', [dict(GEN, match='fuzzy')], "prompt 'g1': unknown match 'fuzzy'"),
+    ('bad regex', [dict(GEN, match='regex', answers=['(girl'])], "prompt 'g1': answer regex '(girl' does not compile"),
+    ('duplicate id', [GEN, dict(GEN, prompt='Lily is a girl. Tom is a')], "prompt 'g1': duplicate id"),
+    ('no id', [{k: v for k, v in GEN.items() if k != 'id'}], 'prompt #1 (no valid id): missing field(s) id'),
+    ('bad difficulty', [dict(GEN, difficulty='hard')], "prompt 'g1': difficulty must be a positive integer"),
+    ('bad score', [dict(GEN, score=0)], "prompt 'g1': score must be a positive number"),
+    ('trailing space', [dict(GEN, prompt='Lily is a ')], "prompt 'g1': prompt ends with whitespace"),
+    ('unknown field', [dict(GEN, answer='girl')], "prompt 'g1': unknown field(s) answer"),
+    ('index out of range', [dict(MC, answer_index=2)], "prompt 'm1': answer_index must be an integer in 0..1, got 2"),
+    ('one choice', [dict(MC, choices=['cold'])], "prompt 'm1': choices must be a list of at least 2 strings"),
+    ('no index', [{k: v for k, v in MC.items() if k != 'answer_index'}],
+     "prompt 'm1': a multiple-choice prompt needs both"),
+    ('repeated choice', [dict(MC, choices=['cold', 'Cold'])], "prompt 'm1': choices repeat"),
+    ('mc with answers', [dict(MC, answers=['cold'])],
+     "prompt 'm1': answers does not apply to a multiple-choice prompt"),
+]
+
+
+@pytest.mark.parametrize('content, message', [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+def test_bad_prompt_file_is_one_line_before_any_model_loads(tmp_path, monkeypatch, content, message):
+    out = tmp_path / 'out'
+    make_run(out, 'run_a', [10])
+    path = tmp_path / 'prompts.json'
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        write_prompts(path, content)
+
+    def no_load(*a, **k):
+        raise AssertionError('a model was loaded before the prompt file was checked')
+    monkeypatch.setattr(eh, 'load_checkpoint', no_load)
+    with pytest.raises(SystemExit) as exc:
+        eh.main(['--out_dir', str(out), '--prompts', str(path), '--report_dir', str(tmp_path / 'report')])
+    text = str(exc.value.code)
+    assert text.startswith('error: ') and '\n' not in text and str(path) in text
+    assert message in text
+    assert not (tmp_path / 'report').exists()
+
+
+def test_bad_prompt_file_from_the_command_line(tmp_path):
+    path = write_prompts(tmp_path / 'p.json', [GEN, dict(MC, id='m7', answer_index=5)])
+    proc = run_script(REPO / 'eval_harness.py', '--out_dir', tmp_path / 'nowhere', '--prompts', path, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "prompt 'm7'" in lines[0] and 'answer_index' in lines[0]
+
+# -----------------------------------------------------------------------------
+# runs: skipped with a reason, the others evaluated
+
+
+def test_runs_without_checkpoints_or_the_step_are_skipped(tmp_path, capsys):
+    out = tmp_path / 'out'
+    make_run(out, 'a_both', [10, 20])
+    make_run(out, 'b_none', [])
+    make_run(out, 'c_only10', [10])
+    prompts = write_prompts(tmp_path / 'p.json', [GEN, MC])
+    report = tmp_path / 'report'
+    eh.main(['--out_dir', str(out), '--prompts', str(prompts), '--report_dir', str(report),
+             '--checkpoint_step', '20', '--run_names', 'a_*', 'b_none', 'c_only10', 'd_missing', 'z_*',
+             '--max_new_tokens', '4', '--device', 'cpu'])
+    stdout = capsys.readouterr().out
+    assert 'skipped b_none: no checkpoints in' in stdout
+    assert 'skipped c_only10: no checkpoint at step 20 (has 10)' in stdout
+    assert 'skipped d_missing: no run folder' in stdout and 'skipped z_*: no run folder' in stdout
+    rows = read_csv(report / 'eval_results.csv')
+    assert [(r['run'], r['step'], r['prompt_id']) for r in rows] == [('a_both', '20', 'g1'), ('a_both', '20', 'm1')]
+    settings = json.loads((report / 'settings.json').read_text())
+    assert [e['run'] for e in settings['evaluated']] == ['a_both']
+    assert {s['run'] for s in settings['skipped']} == {'b_none', 'c_only10', 'd_missing', 'z_*'}
+    assert settings['decoding'] == 'greedy' and settings['max_new_tokens'] == 4
+
+
+def test_latest_checkpoint_by_default_and_every_output_written(tmp_path):
+    out = tmp_path / 'out'
+    make_run(out, 'r1', [5, 40, 12])
+    make_run(out, 'r2', [7])
+    prompts = write_prompts(tmp_path / 'p.json', [GEN, MC, dict(MC, id='m2', category='gender', difficulty=3, score=3)])
+    report = tmp_path / 'report'
+    eh.main(['--runs_dir', str(out), '--prompts', str(prompts), '--report_dir', str(report), '--max_new_tokens', '4',
+             '--device', 'cpu'])
+    for name in OUTPUTS:
+        assert (report / name).is_file(), name
+    summary = read_csv(report / 'summary_table.csv')
+    assert [(s['run'], s['step'], s['prompts']) for s in summary] == [('r1', '40', '3'), ('r2', '7', '3')]
+    results = read_csv(report / 'eval_results.csv')
+    for s in summary:
+        mine = [r for r in results if r['run'] == s['run']]
+        assert int(s['passed']) == sum(int(r['passed']) for r in mine)
+        assert float(s['weighted_score']) == pytest.approx(
+            sum(float(r['points']) for r in mine) / sum(float(r['score']) for r in mine), abs=1e-4)
+    assert len(read_csv(report / 'category_breakdown.csv')) == 2 * 2
+    assert len(read_csv(report / 'difficulty_breakdown.csv')) == 2 * 3
+    md = (report / 'summary_table.md').read_text()
+    assert '| r1 | baseline | 40 |' in md and '| r2 | baseline | 7 |' in md
+
+
+def test_sampling_settings_are_recorded_and_reproducible(tmp_path):
+    out = tmp_path / 'out'
+    make_run(out, 'r1', [10])
+    prompts = write_prompts(tmp_path / 'p.json', [GEN, dict(GEN, id='g2', prompt='Dad is a man. Mom is a')])
+    texts = []
+    for name in ('a', 'b'):
+        eh.main(['--out_dir', str(out), '--prompts', str(prompts), '--report_dir', str(tmp_path / name),
+                 '--temperature', '1.5', '--top_k', '50', '--seed', '7', '--max_new_tokens', '8', '--device', 'cpu'])
+        texts.append([r['generated'] for r in read_csv(tmp_path / name / 'eval_results.csv')])
+        settings = json.loads((tmp_path / name / 'settings.json').read_text())
+        assert (settings['temperature'], settings['top_k'], settings['seed']) == (1.5, 50, 7)
+        assert settings['decoding'].startswith('sampling')
+    assert texts[0] == texts[1]
+    assert 'sampling (temperature=1.5, top_k=50, seed=7)' in (tmp_path / 'a' / 'summary_table.md').read_text()
+
+
+def test_no_runs_is_one_clear_line(tmp_path):
+    prompts = write_prompts(tmp_path / 'p.json', [GEN])
+    (tmp_path / 'empty').mkdir()
+    for out_dir, message in ((tmp_path / 'empty', 'nothing to evaluate'),
+                             (tmp_path / 'nowhere', 'runs folder not found')):
+        with pytest.raises(SystemExit) as exc:
+            eh.main(['--out_dir', str(out_dir), '--prompts', str(prompts), '--report_dir', str(tmp_path / 'r')])
+        assert message in str(exc.value.code) and '\n' not in str(exc.value.code)
+
+# -----------------------------------------------------------------------------
+# the shipped prompt file
+
+
+def test_shipped_prompt_file_validates_and_meets_the_counts():
+    prompts = eh.load_prompts(REPO / 'eval' / 'prompts_tinystories.json')
+    assert len(prompts) >= 80
+    categories = collections.Counter(p['category'] for p in prompts)
+    assert len(categories) >= 6 and min(categories.values()) >= 8
+    assert {p['difficulty'] for p in prompts} == {1, 2, 3}
+    for p in prompts:  # harder items are worth more
+        assert p['score'] == p['difficulty'], p['id']
+    assert sum(p['type'] == 'choice' for p in prompts) / len(prompts) >= 0.4
+    tok = get_tokenizer()
+    for p in prompts:
+        if p['type'] == 'choice':  # each choice must be a distinct continuation of a few tokens
+            assert all(1 <= len(tok.encode_ordinary(' ' + c)) <= 4 for c in p['choices']), p['id']
+        # the answer should be the model's to produce, not already at the end of the prompt
+        assert len(tok.encode_ordinary(p['prompt'])) <= 40, p['id']
+
+# -----------------------------------------------------------------------------
+# end to end on real checkpoints (the shared smoke runs: baseline_s1/s2, gqa_s1/s2, steps 15 and 30)
+
+
+def test_end_to_end_on_smoke_runs(smoke_runs, tmp_path):
+    report = tmp_path / 'latest'
+    proc = run_script(REPO / 'eval_harness.py', '--out_dir', smoke_runs, '--report_dir', report, '--device', 'cpu',
+                      timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n_prompts = len(eh.load_prompts(REPO / 'eval' / 'prompts_tinystories.json'))
+    summary = read_csv(report / 'summary_table.csv')
+    assert [(s['run'], s['model_name'], s['step']) for s in summary] == [
+        ('baseline_s1', 'baseline', '30'), ('baseline_s2', 'baseline', '30'),
+        ('gqa_s1', 'gqa', '30'), ('gqa_s2', 'gqa', '30')]
+    results = read_csv(report / 'eval_results.csv')
+    assert len(results) == 4 * n_prompts
+    for r in results:
+        assert r['passed'] in ('0', '1')
+        if r['type'] == 'choice':
+            lps = [float(x) for x in r['choice_logprobs'].split(';')]
+            assert all(lp < 0 for lp in lps) and r['passed'] == str(int(r['chosen_index'] == r['answer_index']))
+    # greedy decoding is deterministic and batch-independent: the same checkpoint, other batches
+    model, _ = load_checkpoint(smoke_runs / 'baseline_s1' / 'checkpoints' / 'ckpt_000030.pt')
+    prompts = eh.load_prompts(REPO / 'eval' / 'prompts_tinystories.json')
+    again = eh.evaluate_model(model, get_tokenizer(), prompts, batch_size=7, eot_token=EOT_TOKEN)
+    first = [r for r in results if r['run'] == 'baseline_s1']
+    assert [(r['generated'], r['completion']) for r in again] == [(r['generated'], r['completion']) for r in first]
+
+    # a copied run without checkpoints is skipped; a requested step picks that checkpoint
+    out = tmp_path / 'out'
+    shutil.copytree(smoke_runs / 'baseline_s1', out / 'baseline_s1')
+    shutil.copytree(smoke_runs / 'gqa_s1', out / 'gqa_s1')
+    shutil.rmtree(out / 'gqa_s1' / 'checkpoints')
+    prompts = write_prompts(tmp_path / 'p.json', [GEN, MC])
+    proc = run_script(REPO / 'eval_harness.py', '--out_dir', out, '--checkpoint_step', '15', '--prompts', prompts,
+                      '--report_dir', tmp_path / 'step15', '--device', 'cpu', timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'skipped gqa_s1: no checkpoints' in proc.stdout
+    summary = read_csv(tmp_path / 'step15' / 'summary_table.csv')
+    assert [(s['run'], s['step']) for s in summary] == [('baseline_s1', '15')]
