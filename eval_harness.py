@@ -225,7 +225,7 @@ def _batches(items, size):
         yield items[i:i + size]
 
 
-def evaluate_model(model, tok, prompts, max_new_tokens=20, batch_size=32, temperature=0.0, top_k=None,
+def evaluate_model(model, tok, prompts, max_new_tokens=20, batch_size=64, temperature=0.0, top_k=None,
                    generator=None, eot_token=50256, progress=None):
     """One result dict per prompt (in file order). Generative prompts are generated in batches of
     similar length (less padding); multiple-choice prompts are scored by model.score."""
@@ -434,7 +434,7 @@ def parse_args(argv=None):
     ap.add_argument('--prompts', default=DEFAULT_PROMPTS, help=f'prompt file (default: {DEFAULT_PROMPTS})')
     ap.add_argument('--report_dir', default='comparisons/eval_harness', help='where the tables go')
     ap.add_argument('--max_new_tokens', type=int, default=20, help='tokens generated per prompt (default: 20)')
-    ap.add_argument('--batch_size', type=int, default=32, help='prompts (or prompt+choice pairs) per forward pass')
+    ap.add_argument('--batch_size', type=int, default=64, help='prompts (or prompt+choice pairs) per forward pass')
     ap.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps')
     ap.add_argument('--temperature', type=float, default=0.0, help='0 = greedy (default); > 0 samples')
     ap.add_argument('--top_k', type=int, default=None, help='sample from the k most likely tokens only')

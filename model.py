@@ -331,6 +331,10 @@ class GPT(nn.Module):
     # -------------------------------------------------------------------------
     # generation and scoring
 
+    def vocab_logits(self, h):
+        """fp32 logits over the tokenizer's vocabulary only: padding ids can never be generated."""
+        return F.linear(h, self.lm_head.weight[:self.config.vocab_size]).float()
+
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_k=None, eot_token=50256, generator=None):
         """Continue each prompt (a list of token ids; lengths may differ) in one batch with a key/value
@@ -363,9 +367,9 @@ class GPT(nn.Module):
             mask = (key_ok[:, None, :start + T] | (k_cols == q_cols)) & (k_cols <= q_cols)
             mask = mask.unsqueeze(1)  # (B, 1, T, start+T)
             h = self.hidden(x, row_pos[:, start:start + T], mask, cache)
-            logits = self.lm_head(h[:, -1, :]).float()[:, :self.config.vocab_size]
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1)
+            logits = self.vocab_logits(h[:, -1, :])
+            if temperature == 0:  # (torch's CPU argmax over 50k columns is several times slower than numpy's)
+                nxt = torch.from_numpy(logits.numpy().argmax(-1)) if logits.is_cpu else logits.argmax(dim=-1)
             else:
                 logits = logits / temperature
                 if top_k is not None:
@@ -405,13 +409,15 @@ class GPT(nn.Module):
             L = max(len(s) for s in seqs) - 1
             # right padding: a causal model's earlier positions never see it
             inputs = torch.tensor([s[:-1] + [0] * (L - len(s) + 1) for s in seqs], device=device)
-            logits = self.lm_head(self.hidden(inputs)).float()[..., :self.config.vocab_size]
-            lp = logits.log_softmax(dim=-1)
-            for b, (s, n) in enumerate(zip(seqs, n_cont)):
-                rows = torch.arange(len(s) - 1 - n, len(s) - 1, device=device)
-                target = torch.tensor(s[-n:], device=device)
-                logprobs.append(lp[b, rows, target].sum().item())
-                greedy.append(bool((logits[b, rows].argmax(dim=-1) == target).all()))
+            # the vocabulary projection only where a continuation token is predicted: it dominates small models
+            rows = torch.tensor([b for b, n in enumerate(n_cont) for _ in range(n)], device=device)
+            cols = torch.tensor([len(s) - 1 - n + j for s, n in zip(seqs, n_cont) for j in range(n)], device=device)
+            target = torch.tensor([t for s, n in zip(seqs, n_cont) for t in s[-n:]], device=device)
+            logits = self.vocab_logits(self.hidden(inputs)[rows, cols])
+            token_lp = logits.log_softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
+            hit = logits.argmax(dim=-1) == target
+            logprobs += torch.stack([lp.sum() for lp in token_lp.split(n_cont)]).tolist()
+            greedy += torch.stack([h.all() for h in hit.split(n_cont)]).tolist()
         self.train(was_training)
         return logprobs, greedy
 

@@ -81,7 +81,7 @@ def main():
     ap.add_argument('--checkpoint', default=None, help='a checkpoint to time (default: random weights)')
     ap.add_argument('--shape', default='config/smoke.py', help='config file whose model shape to build')
     ap.add_argument('--max_new_tokens', type=int, default=20)
-    ap.add_argument('--batch_size', type=int, default=32)
+    ap.add_argument('--batch_size', type=int, default=64)
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--repeats', type=int, default=3, help='time each way this many times, keep the best')
