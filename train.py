@@ -165,10 +165,10 @@ offsets = np.arange(block_size + 1)
 def get_batch(data, starts):
     """(x, y) for windows starting at `starts`, moved to the device without blocking on CUDA."""
     buf = torch.from_numpy(data[starts[:, None] + offsets].astype(np.int64))
-    x, y = buf[:, :-1], buf[:, 1:]
+    x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
     if device_type == 'cuda':
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.contiguous().to(device), y.contiguous().to(device)
+    return x.to(device), y.to(device)
 
 
 def next_iteration_starts():
@@ -431,7 +431,7 @@ while True:
             status, message = 'diverged', f"train loss is {train_loss} at iteration {iter_num}: the run diverged"
             break
         speed = steps * tokens_per_iter / dt if steps else None
-        mfu = raw_model.estimate_mfu(speed, device, peak_flops, block_size) if speed else None
+        mfu = raw_model.estimate_mfu(speed / world_size, device, peak_flops, block_size) if speed else None  # per GPU
         if speed and not first_interval:
             state['speed_sum'], state['speed_n'] = state['speed_sum'] + speed, state['speed_n'] + 1
             if mfu is not None:

@@ -107,6 +107,8 @@ def straight_run(small_data, tmp_path_factory):
 def test_resume_continues_exactly(small_data, straight_run, tmp_path):
     run = train_run(small_data, tmp_path, 'split', *TINY, '--max_iters=20')
     assert json.loads((run / 'summary.json').read_text())['status'] == 'completed'
+    # what a kill -9 during a later save leaves behind: a partial temporary file, never a checkpoint
+    (run / 'checkpoints' / 'ckpt_000025.pt.tmp').write_bytes(b'PK\x03\x04 half a zip')
     train_run(small_data, tmp_path, 'split', *TINY, '--max_iters=40', '--init_from=resume')
     assert exact_columns(run) == exact_columns(straight_run)
     assert [{k: r[k] for k in ('iter', 'layer', 'grad_norm', 'weight_norm')} for r in rows(run / 'layer_norms.csv')] == \
