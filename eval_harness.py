@@ -457,16 +457,16 @@ def main(argv=None):
     try:
         prompts = load_prompts(args.prompts)
     except PromptFileError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"eval_harness.py: error: {e}")
     try:
         chosen, skipped = select_checkpoints(args.out_dir, args.run_names, args.checkpoint_step)
     except RunError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"eval_harness.py: error: {e}")
     for name, reason in skipped:
         print(f"skipped {name}: {reason}")
     if not chosen:
         wanted = f" matching {' '.join(args.run_names)}" if args.run_names else ''
-        sys.exit(f"error: nothing to evaluate: no run{wanted} in {args.out_dir} has a usable checkpoint "
+        sys.exit(f"eval_harness.py: error: nothing to evaluate: no run{wanted} in {args.out_dir} has a usable checkpoint "
                  "(train.py writes out/<run_name>/checkpoints/ckpt_<iter>.pt)")
 
     from prepare import EOT_TOKEN, get_tokenizer
@@ -519,7 +519,7 @@ def main(argv=None):
                               iter_num=ckpt.get('iter_num'), eval_s=round(dt_s, 3)))
         del model
     if not evaluated:
-        sys.exit("error: nothing was evaluated: every selected checkpoint was skipped (see above)")
+        sys.exit("eval_harness.py: error: nothing was evaluated: every selected checkpoint was skipped (see above)")
 
     summary = summary_rows(rows, model_names)
     settings = dict(

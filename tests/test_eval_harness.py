@@ -245,7 +245,7 @@ def test_bad_prompt_file_is_one_line_before_any_model_loads(tmp_path, monkeypatc
     with pytest.raises(SystemExit) as exc:
         eh.main(['--out_dir', str(out), '--prompts', str(path), '--report_dir', str(tmp_path / 'report')])
     text = str(exc.value.code)
-    assert text.startswith('error: ') and '\n' not in text and str(path) in text
+    assert text.startswith('eval_harness.py: error: ') and '\n' not in text and str(path) in text
     assert message in text
     assert not (tmp_path / 'report').exists()
 
