@@ -246,7 +246,10 @@ if init_from == 'resume':
         fail(e)
     state.update({k: ckpt[k] for k in state if k in ckpt})
     state['resumed_at'] = state['resumed_at'] + [state['iter_num']]
-    wanted = vars(make_config(model_name, block_size=block_size, vocab_size=meta['vocab_size'], **model_args))
+    try:
+        wanted = vars(make_config(model_name, block_size=block_size, vocab_size=meta['vocab_size'], **model_args))
+    except ValueError as e:
+        fail(e)
     differ = [f"{k} (checkpoint {ckpt['model_args'].get(k)!r}, now {v!r})" for k, v in wanted.items()
               if ckpt['model_args'].get(k) != v]
     if differ:
