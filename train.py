@@ -484,7 +484,8 @@ while True:
         finite = loss_sum.clone()
         if ddp:
             dist.all_reduce(finite)
-        if not math.isfinite(finite.item()) or not all(p.isfinite().all() for p in raw_model.parameters()):
+        weights_ok = torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all()  # one sync, not one per tensor
+        if not math.isfinite(finite.item()) or not weights_ok.item():
             # never let a checkpoint hold a diverged model
             status, message = 'diverged', f"loss or weights are not finite at iteration {iter_num}: the run diverged"
             break

@@ -27,8 +27,8 @@ from prepare import EOT_TOKEN, get_tokenizer  # noqa: E402
 
 
 def model_from_config(path, seed, device):
-    settings = {}
-    exec(open(path).read(), {}, settings)
+    settings = {'__file__': os.path.abspath(path)}  # variant configs build on baseline.py through __file__
+    exec(open(path).read(), settings)
     shape = {k: settings[k] for k in ('n_layer', 'n_head', 'n_kv_head', 'n_embd', 'block_size') if k in settings}
     torch.manual_seed(seed)
     model = GPT(make_config(settings.get('model_name', 'baseline'), **shape))
