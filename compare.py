@@ -34,36 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runs import RunError, atomic_write_bytes, atomic_write_text, find_runs, read_layer_norms, read_run
-
-# Keys of config.json that do not change what is trained, so runs differing only in them (and the
-# seed) are replicates. A dotted name is a key inside a nested dict (model_args, data). Every key not
-# listed here, including any train.py adds later, splits groups: pooling too little is safer than too much.
-SEED_GROUP_IGNORED_KEYS = {
-    'seed': 'the seed: replicates differ in it by design',
-    # where and when a run was written
-    'run_name': 'folder name', 'out_dir': 'where runs are written', 'overwrite': 'file handling',
-    'started_at': 'timestamp', 'config_file': 'which file set the values (the values themselves are compared)',
-    'init_from': "'resume' continues the same training", 'resumed_at': 'iterations it was resumed at',
-    # where the data was read from; data.sha256 of the bins (compared) says which tokens were trained on
-    'data_dir': 'path', 'data.data_dir': 'path', 'data.source': 'path', 'data.source_files': 'paths and mtimes',
-    # logging, eval cadence and checkpoints: what is recorded, not what is learned. (eval_windows, which
-    # fixes the val set, is compared; the last iteration is always evaluated, whatever eval_interval)
-    'log_interval': 'logging cadence', 'eval_interval': 'when val loss is measured',
-    'tensorboard': 'logging', 'save_checkpoints': 'checkpoints', 'checkpoint_interval': 'checkpoints',
-    'keep_checkpoints': 'checkpoints', 'peak_flops': 'only the MFU denominator',
-    # the same arithmetic on another code path or machine: floating-point noise at most
-    'compile': 'torch.compile', 'attn_impl': 'sdpa and math compute the same attention',
-    'model_args.attn_impl': 'the same', 'deterministic': 'reproducibility flag', 'device': 'machine',
-    'device_name': 'machine', 'world_size': 'GPU count (tokens_per_iter, which is compared, fixes the batch)',
-    'torch_version': 'library version', 'git_commit': 'code version',
-}
-# Ignored keys that are expected to differ between replicates; any other ignored key that differs
-# inside a group is named in the group's notes, so a reader sees what was pooled.
-EXPECTED_TO_DIFFER = {'seed', 'run_name', 'out_dir', 'started_at', 'config_file', 'data_dir', 'overwrite',
-                      'resumed_at', 'init_from'}
-# Derived from other keys: never the name of a difference in a group label.
-DERIVED_KEYS = {'n_params', 'n_params_non_embedding', 'tokens_per_iter'}
+from runs import (DERIVED_KEYS, EXPECTED_TO_DIFFER, SEED_GROUP_IGNORED_KEYS, RunError, atomic_write_bytes,
+                  atomic_write_text, find_runs, group_key, read_layer_norms, read_run, seed_groups, _flatten, _short)
 
 X_AXES = {'iter': ('iter', 'iteration'), 'tokens': ('tokens_seen', 'tokens seen'),
           'time': ('elapsed_s', 'training seconds (evaluation excluded)')}
@@ -215,60 +187,6 @@ def run_numbers(run):
 
 # -----------------------------------------------------------------------------
 # seed groups and the baseline
-
-
-def _flatten(config, prefix=''):
-    """{dotted key: value} of a config, nested dicts opened; ignored keys (SEED_GROUP_IGNORED_KEYS) left out."""
-    flat = {}
-    for key, value in config.items():
-        path = prefix + key
-        if path in SEED_GROUP_IGNORED_KEYS:
-            continue
-        if isinstance(value, dict):
-            flat.update(_flatten(value, path + '.'))
-        else:
-            flat[path] = value
-    return flat
-
-
-def group_key(config):
-    """What a run trains: its config without the ignored keys."""
-    return json.dumps(_flatten(config), sort_keys=True, default=str)
-
-
-def _short(value):
-    return json.dumps(value, default=str) if not isinstance(value, str) else value
-
-
-def seed_groups(loaded):
-    """Groups of runs with the same group_key, in order of first run; each labelled by model_name,
-    plus the settings that tell apart groups sharing one model_name."""
-    by_key = {}
-    for run in loaded:
-        by_key.setdefault(group_key(run['config']), []).append(run)
-    groups = [dict(runs=members, model_name=str(members[0]['config'].get('model_name', '?')),
-                   config=_flatten(members[0]['config'])) for members in by_key.values()]
-    for group in groups:
-        same_name = [g for g in groups if g['model_name'] == group['model_name']]
-        label = group['model_name']
-        if len(same_name) > 1:
-            keys = {k for g in same_name for k in g['config']}
-            differing = [k for k in keys if k not in DERIVED_KEYS
-                         and len({_short(g['config'].get(k)) for g in same_name}) > 1]
-            # model_args.n_layer repeats n_layer: name a nested key only where it says something new
-            differing = [k for k in differing if '.' not in k or k.rsplit('.', 1)[-1] not in differing
-                         or group['config'].get(k) != group['config'].get(k.rsplit('.', 1)[-1])]
-            # first the settings in which this group stands out, then the shallowest
-            shared = lambda k: sum(_short(g['config'].get(k)) == _short(group['config'].get(k)) for g in same_name)
-            differing.sort(key=lambda k: (shared(k) > 1, k.count('.'), k))
-            shown = [f"{k}={_short(group['config'].get(k))[:16]}" for k in differing[:3]]  # a sha256 is long
-            label += f" [{', '.join(shown)}{', ...' if len(differing) > 3 else ''}]" if shown else ''
-        group['label'] = label
-    labels = [g['label'] for g in groups]
-    for i, group in enumerate(groups):
-        if labels.count(group['label']) > 1:  # cannot happen while configs differ; keep labels unique anyway
-            group['label'] += f' #{labels[:i + 1].count(group["label"])}'
-    return groups
 
 
 def pick_baseline(groups, pattern):

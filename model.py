@@ -422,6 +422,35 @@ class GPT(nn.Module):
         return logprobs, greedy
 
 # -----------------------------------------------------------------------------
+# the device every script runs on
+
+
+def pick_device(name='auto'):
+    """'auto': cuda, then mps, then cpu. A named device that this machine lacks is a ValueError
+    with one line that says what is there instead."""
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+            return 'mps'
+        return 'cpu'
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r}: no CUDA device is visible here; use --device=cpu (or auto)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {name!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    elif dev.type == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r}: MPS is not available here; use --device=cpu (or auto)")
+    elif dev.type not in ('cpu', 'cuda', 'mps'):
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return name
+
+# -----------------------------------------------------------------------------
 # device peaks for MFU
 
 # dense bf16 tensor-core peak by device name (longest match wins); pass peak_flops for anything else

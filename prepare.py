@@ -75,6 +75,45 @@ def get_tokenizer():
                              special_tokens={EOT_TEXT: EOT_TOKEN}, explicit_n_vocab=50257)
 
 
+GPT2_TOKENIZER_INFO = dict(name='gpt2', vocab_size=50257, eot_token=EOT_TOKEN, sha256=VOCAB_BPE_SHA256, file=None)
+
+
+class Tokenizer:
+    """What every script needs of a tokenizer, whichever it is: encode (plain text, no special
+    tokens), decode, the end-of-text id, the vocabulary size, each token's length in UTF-8 bytes
+    (for bits per byte) and info(), the dict that config.json and checkpoints record."""
+
+    def __init__(self, name, vocab_size, eot_token, sha256, file=None, encoding=None):
+        self.name, self.vocab_size, self.eot_token, self.sha256, self.file = name, vocab_size, eot_token, sha256, file
+        self.encoding = encoding
+
+    def encode(self, text):
+        return self.encoding.encode_ordinary(text)
+
+    def decode(self, ids):
+        return self.encoding.decode(list(ids))
+
+    def token_byte_lengths(self):
+        """np.int64 array (vocab_size,): bytes each token id stands for; 0 for end-of-text."""
+        lengths = np.array([len(self.encoding.decode_single_token_bytes(i)) if i != self.eot_token else 0
+                            for i in range(self.vocab_size)], dtype=np.int64)
+        return lengths
+
+    def info(self):
+        return dict(name=self.name, vocab_size=self.vocab_size, eot_token=self.eot_token, sha256=self.sha256,
+                    file=self.file)
+
+
+def load_tokenizer(info=None, folder=None):
+    """The one function that returns a tokenizer: `info` as recorded in meta.json, config.json or a
+    checkpoint (None: GPT-2); a tokenizer file (info['file']) is read from `folder` and its sha256
+    checked. Raises DataError naming the file."""
+    info = info or GPT2_TOKENIZER_INFO
+    if info.get('name') == 'gpt2':
+        return Tokenizer(encoding=get_tokenizer(), **{k: v for k, v in GPT2_TOKENIZER_INFO.items()})
+    raise DataError(f"unknown tokenizer {info.get('name')!r}: expected gpt2")
+
+
 def encode_batch(stories):
     """Tokens of the stories, each followed by EOT, as one uint16 array. Runs in worker threads."""
     enc = get_tokenizer()

@@ -1,15 +1,18 @@
 """
-Run folders: the one place that writes files atomically and reads what train.py leaves in
-out/<run_name>/. compare.py, eval_harness.py and train.py itself use it; nothing else parses a run.
+Run folders: the one owner of what train.py leaves in out/<run_name>/. It declares the metrics,
+writes them (RunWriter), writes every file atomically, reads runs back for compare.py,
+eval_harness.py, sample.py and sweep.py, groups them into seed groups and loads a run's model with
+its own tokenizer. Nothing else parses a run folder.
 
 A run folder holds:
-    config.json        every resolved setting, model_args, torch version, device, git commit
-    metrics.csv        one row per log/eval step (METRIC_COLUMNS); val_loss only on eval steps
-    layer_norms.csv    iter, layer, grad_norm, weight_norm: per block, the embeddings, the final norm
-    summary.json       status (running/completed/interrupted/diverged), final/best val loss, totals
+    config.json        every resolved setting, model_args, tokenizer, torch version, device, git commit
+    metrics.csv        one row per logged step, the columns of METRICS; val_* only on eval steps
+    layer_norms.csv    iter, layer, grad_norm, weight_norm: the embeddings, each block, the final norm
+    summary.json       status, final/best val loss, totals, host/pid/heartbeat while it runs
+    tokenizer.json     the run's tokenizer file, when it is not GPT-2's (prepare.load_tokenizer)
     tb/                TensorBoard event files with the same scalars
     plots/             loss.png, lr.png, norms.png, layer_norms.png
-    checkpoints/       ckpt_<iter>.pt (model.py's format), when checkpoints are on
+    checkpoints/       ckpt_<iter>.pt (model.py's format) and ckpt_best.pt (lowest val loss)
 """
 import csv
 import fnmatch
@@ -17,31 +20,85 @@ import json
 import math
 import os
 import re
+import socket
+import sys
+import time
+from collections import namedtuple
+from datetime import datetime, timezone
 from pathlib import Path
 
-METRIC_COLUMNS = ['iter', 'tokens_seen', 'elapsed_s', 'lr', 'train_loss', 'val_loss', 'grad_norm',
-                  'weight_norm', 'tokens_per_s', 'mfu']
+# -----------------------------------------------------------------------------
+# the metrics: one entry each. train.py computes them, RunWriter writes CSV, TensorBoard and the
+# console from this list, plot_run and compare.py draw them on their `panel`, readers accept older
+# folders with fewer columns and newer ones with more.
+#   column: metrics.csv header; tb: TensorBoard tag (None: not a scalar worth plotting there)
+#   fmt: how a person reads it (console, tables); panel: the plot it is drawn on (None: not drawn)
+#   label: axis label, with its unit
+
+Metric = namedtuple('Metric', 'column tb fmt panel label')
+METRICS = [
+    Metric('iter', None, 'd', None, 'iteration'),
+    Metric('tokens_seen', None, ',d', None, 'tokens seen'),
+    Metric('elapsed_s', None, '.1f', None, 'training time (s, evaluation excluded)'),
+    Metric('lr', 'lr', '.2e', 'lr', 'learning rate'),
+    Metric('train_loss', 'loss/train', '.4f', 'loss', 'loss (nats/token)'),
+    Metric('val_loss', 'loss/val', '.4f', 'loss', 'loss (nats/token)'),
+    Metric('grad_norm', 'norm/grad', '.3g', 'grad_norm', 'global grad norm, before clipping'),
+    Metric('weight_norm', 'norm/weight', '.4g', 'weight_norm', 'global weight norm'),
+    Metric('tokens_per_s', 'speed/tokens_per_s', ',.0f', 'tokens_per_s', 'tokens/s (training)'),
+    Metric('mfu', 'speed/mfu', '.1%', 'mfu', 'model FLOPs utilisation (fraction of peak)'),
+]
+METRIC = {m.column: m for m in METRICS}
+METRIC_COLUMNS = [m.column for m in METRICS]
+REQUIRED_COLUMNS = ['iter', 'tokens_seen', 'val_loss']  # what a folder needs to be compared at all
 LAYER_NORM_COLUMNS = ['iter', 'layer', 'grad_norm', 'weight_norm']
-STATUSES = ('running', 'completed', 'interrupted', 'diverged')
+STATUSES = ('running', 'completed', 'interrupted', 'diverged', 'failed', 'stale', 'unknown')
 CHECKPOINT_RE = re.compile(r'^ckpt_(\d+)\.pt$')
+BEST_CHECKPOINT = 'ckpt_best.pt'
+STALE_HEARTBEAT_S = 1800  # a run on another host whose heartbeat is older than this is stale
 
 
 class RunError(ValueError):
     """A run folder or one of its files is missing or malformed; the message names the file."""
 
 
-# -----------------------------------------------------------------------------
-# writing
+def format_value(column, value):
+    """A metric as a person reads it: METRICS' format, '-' where there is none."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return '-' if value is None or math.isnan(value) else str(value)
+    fmt = METRIC[column].fmt if column in METRIC else 'g'
+    if fmt.endswith('d'):
+        value = int(value)
+    return format(value, fmt)
 
-def atomic_write_bytes(path, data):
-    """Temporary name, fsync, rename: readers see the old file or the new one, never half of one."""
+# -----------------------------------------------------------------------------
+# writing: every file that is rewritten goes to a temporary name first
+
+
+def atomic_write(path, write):
+    """Call write(f) on a temporary file, fsync, rename over path. A reader sees the old file or the
+    new one; a failure (disk full, kill) leaves no temporary file behind and the old file whole."""
     path = Path(path)
     tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if os.name == 'posix':  # make the rename durable; Windows cannot open a folder
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path, data):
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path, text):
@@ -54,6 +111,122 @@ def atomic_write_json(path, obj):
 
 def checkpoint_path(run_dir, iter_num):
     return Path(run_dir) / 'checkpoints' / f'ckpt_{iter_num:06d}.pt'
+
+
+def best_checkpoint_path(run_dir):
+    return Path(run_dir) / 'checkpoints' / BEST_CHECKPOINT
+
+
+def _csv_value(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ''
+    return format(v, '.9g') if isinstance(v, float) else str(v)
+
+
+def process_start_time(pid):
+    """The kernel's start time of a process (Linux), so a reused pid is not taken for the run's."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+class RunWriter:
+    """Everything train.py's first process writes while it trains: metrics.csv and layer_norms.csv
+    (header written and flushed at once), TensorBoard, the console line, summary.json with a heartbeat.
+    On resume, rows logged after the checkpoint are dropped and an older CSV is rewritten with the
+    current header (its rows get blanks in the new columns)."""
+
+    def __init__(self, run_dir, max_iters, resume_after=None, tensorboard=True, extra_columns=()):
+        self.run_dir = Path(run_dir)
+        self.max_iters = max_iters
+        self.columns = METRIC_COLUMNS + [c for c in extra_columns if c not in METRIC_COLUMNS]
+        self.metrics = self._open('metrics.csv', self.columns, resume_after)
+        self.norms = self._open('layer_norms.csv', LAYER_NORM_COLUMNS, resume_after)
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            purge = resume_after + 1 if resume_after is not None else None
+            self.tb = SummaryWriter(str(self.run_dir / 'tb'), purge_step=purge)
+        self.last_heartbeat = 0.0
+
+    def _open(self, name, header, resume_after):
+        path = self.run_dir / name
+        if resume_after is not None and path.is_file():
+            kept = [r for r in read_csv_rows(path) if _number(r.get('iter'), path, 0, 'iter') <= resume_after]
+            atomic_write_text(path, _rows_text(header, kept))
+        elif not path.is_file() or resume_after is None:
+            atomic_write_text(path, _rows_text(header, []))
+        f = open(path, 'a', newline='', encoding='utf-8')
+        return csv.DictWriter(f, fieldnames=header, extrasaction='ignore', lineterminator='\n'), f
+
+    def log(self, row, layer_names=(), layer_weights=(), layer_grads=None, eta_s=None):
+        """One logged step: a metrics row (dict by column), the per-layer norms, TensorBoard, console."""
+        writer, f = self.metrics
+        writer.writerow({c: _csv_value(row.get(c)) for c in self.columns})
+        f.flush()
+        nw, nf = self.norms
+        for i, layer in enumerate(layer_names):
+            grad = layer_grads[i] if layer_grads is not None else None
+            nw.writerow(dict(iter=row['iter'], layer=layer, grad_norm=_csv_value(grad),
+                             weight_norm=_csv_value(layer_weights[i])))
+        nf.flush()
+        if self.tb is not None:
+            for c in self.columns:
+                m = METRIC.get(c)
+                tag = m.tb if m else c
+                if tag and row.get(c) is not None:
+                    self.tb.add_scalar(tag, row[c], row['iter'])
+            for i, layer in enumerate(layer_names):
+                self.tb.add_scalar(f'layer_weight_norm/{layer}', layer_weights[i], row['iter'])
+                if layer_grads is not None:
+                    self.tb.add_scalar(f'layer_grad_norm/{layer}', layer_grads[i], row['iter'])
+        print(self.console_line(row, eta_s), flush=True)
+
+    def console_line(self, row, eta_s=None):
+        width = len(str(self.max_iters))
+        parts = [f"iter {row['iter']:>{width}}/{self.max_iters}"]
+        for c in self.columns:
+            if c in ('iter', 'tokens_seen', 'elapsed_s') or row.get(c) is None:
+                continue
+            parts.append(f"{c} {format_value(c, row[c])}")
+        if eta_s is not None:
+            parts.append(f"eta {format_duration(eta_s)}")
+        return ' | '.join(parts)
+
+    def summary(self, fields, status):
+        """summary.json: the fields plus status, where the process runs and when it last wrote."""
+        self.last_heartbeat = time.time()
+        atomic_write_json(self.run_dir / 'summary.json', dict(
+            status=status, **fields, host=socket.gethostname(), pid=os.getpid(),
+            pid_started=process_start_time(os.getpid()),
+            heartbeat_at=datetime.now(timezone.utc).isoformat(timespec='seconds')))
+
+    def close(self):
+        for _, f in (self.metrics, self.norms):
+            f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _rows_text(header, rows):
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, extrasaction='ignore', lineterminator='\n')
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: r.get(c, '') or '' for c in header})
+    return buf.getvalue()
+
+
+def format_duration(seconds):
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+    if seconds >= 60:
+        return f'{seconds // 60}m{seconds % 60:02d}s'
+    return f'{seconds}s'
 
 # -----------------------------------------------------------------------------
 # reading
@@ -98,33 +271,57 @@ def _number(text, path, line, column):
         raise RunError(f"{path}: line {line}: {column}={text!r} is not a number") from None
 
 
+def read_csv_rows(path):
+    """The complete rows of a CSV as dicts. A last line without its line end, or with too few fields,
+    is a row being written (or cut by a kill): it is left out, and the rows before it are kept."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode('utf-8')
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found") from None
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path}: not a readable CSV ({e})") from None
+    if text and not text.endswith('\n'):
+        text = text[:text.rfind('\n') + 1]  # the unfinished last line
+    try:
+        reader = csv.DictReader(text.splitlines())
+        header = reader.fieldnames or []
+        rows = list(reader)
+    except csv.Error as e:
+        raise RunError(f"{path}: not a readable CSV ({e})") from None
+    for line, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            if line == len(rows) + 1:  # only the last row may be short
+                rows.pop()
+                break
+            raise RunError(f"{path}: line {line}: expected {len(header)} fields")
+    return rows if header else []
+
+
 def read_csv_columns(path, required, text_columns=()):
     """A CSV file as {column: list}; numbers as floats (empty -> nan). Raises RunError naming the file."""
     path = Path(path)
-    try:
-        with open(path, encoding='utf-8', newline='') as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise RunError(f"{path}: missing column(s) {', '.join(missing)} (header: {','.join(header) or 'empty'})")
-            cols = {c: [] for c in header}
-            for line, row in enumerate(reader, start=2):
-                if None in row or any(v is None for v in row.values()):
-                    raise RunError(f"{path}: line {line}: expected {len(header)} fields")
-                for c in header:
-                    cols[c].append(row[c] if c in text_columns else _number(row[c], path, line, c))
-    except FileNotFoundError:
-        raise RunError(f"{path}: not found") from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise RunError(f"{path}: not a readable CSV ({e})") from None
+    rows = read_csv_rows(path)
+    with open(path, encoding='utf-8', newline='') as f:
+        header = next(csv.reader(f), [])
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise RunError(f"{path}: missing column(s) {', '.join(missing)} (header: {','.join(header) or 'empty'})")
+    cols = {c: [] for c in header}
+    for line, row in enumerate(rows, start=2):
+        for c in header:
+            cols[c].append(row[c] if c in text_columns else _number(row[c], path, line, c))
     return cols
 
 
 def read_metrics(run_dir):
-    """metrics.csv as {column: [floats]}, one entry per logged step, iterations increasing."""
+    """metrics.csv as {column: [floats]}, iterations increasing. Every column of METRICS is there
+    (all nan where an older run did not log it), plus any other column the file has."""
     path = Path(run_dir) / 'metrics.csv'
-    cols = read_csv_columns(path, METRIC_COLUMNS)
+    cols = read_csv_columns(path, REQUIRED_COLUMNS)
+    n = len(cols['iter'])
+    for c in METRIC_COLUMNS:
+        cols.setdefault(c, [math.nan] * n)
     iters = cols['iter']
     if any(b <= a for a, b in zip(iters, iters[1:])):
         raise RunError(f"{path}: iterations are not increasing")
@@ -140,7 +337,7 @@ def read_layer_norms(run_dir):
 
 
 def list_checkpoints(run_dir):
-    """{iteration: path} of the run's complete checkpoints, in iteration order."""
+    """{iteration: path} of the run's complete numbered checkpoints, in iteration order."""
     folder = Path(run_dir) / 'checkpoints'
     found = {}
     if folder.is_dir():
@@ -151,16 +348,201 @@ def list_checkpoints(run_dir):
     return dict(sorted(found.items()))
 
 
+def resolve_checkpoint(run_dir, step=None):
+    """(step label, path) of a run's checkpoint: step None = the newest, an int = that iteration,
+    'best' = ckpt_best.pt. Raises RunError with one line naming the run and what it has."""
+    run_dir = Path(run_dir)
+    ckpts = list_checkpoints(run_dir)
+    best = best_checkpoint_path(run_dir)
+    have = ', '.join(map(str, ckpts)) + (', best' if best.is_file() else '') if ckpts or best.is_file() else ''
+    if not have:
+        raise RunError(f"{run_dir.name}: no checkpoints in {run_dir / 'checkpoints'} "
+                       "(none saved yet, or trained with save_checkpoints=False)")
+    if step is None:
+        if not ckpts:
+            return 'best', best
+        return max(ckpts), ckpts[max(ckpts)]
+    if step == 'best':
+        if not best.is_file():
+            raise RunError(f"{run_dir.name}: no best checkpoint {best} (has {have})")
+        return 'best', best
+    try:
+        step = int(step)
+    except (TypeError, ValueError):
+        raise RunError(f"checkpoint step {step!r}: expected an iteration number or 'best'") from None
+    if step not in ckpts:
+        raise RunError(f"{run_dir.name}: no checkpoint at step {step} (has {have})")
+    return step, ckpts[step]
+
+
+def parse_step(text):
+    """--checkpoint_step's value: None, 'best' or an int (argparse type)."""
+    if text is None or text == 'best':
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        import argparse
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an iteration number or 'best'") from None
+
+
+def run_status(summary):
+    """summary.json's status, except that a run whose process is gone is 'stale', not 'running':
+    on this host its pid no longer runs (or is another process); elsewhere its heartbeat is old."""
+    status = summary.get('status', 'unknown')
+    if status not in STATUSES:
+        return 'unknown'
+    if status != 'running':
+        return status
+    pid, host = summary.get('pid'), summary.get('host')
+    if host == socket.gethostname() and isinstance(pid, int):
+        if pid == os.getpid():
+            return 'running'
+        started = process_start_time(pid)
+        if started is None and sys.platform.startswith('linux'):
+            return 'stale'
+        if started is not None and summary.get('pid_started') not in (None, started):
+            return 'stale'
+        if started is None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return 'stale'
+            except PermissionError:
+                pass
+        return 'running'
+    try:
+        beat = datetime.fromisoformat(summary.get('heartbeat_at') or summary.get('updated_at')).timestamp()
+    except (TypeError, ValueError):
+        return 'running'
+    return 'stale' if time.time() - beat > STALE_HEARTBEAT_S else 'running'
+
+
 def read_run(run_dir):
-    """Everything compare/eval need from one run folder. A missing summary.json means the run never
-    wrote one (killed before its first write): status 'unknown'."""
+    """Everything compare/eval/sweep need from one run folder. A missing summary.json means the run
+    never wrote one (killed before its first write): status 'unknown'."""
     run_dir = Path(run_dir)
     config = read_json(run_dir / 'config.json')
     metrics = read_metrics(run_dir)
     summary = read_json(run_dir / 'summary.json') if (run_dir / 'summary.json').is_file() else {}
-    status = summary.get('status', 'unknown')
     return dict(name=run_dir.name, dir=run_dir, config=config, metrics=metrics, summary=summary,
-                status=status if status in STATUSES else 'unknown', checkpoints=list_checkpoints(run_dir))
+                status=run_status(summary), checkpoints=list_checkpoints(run_dir))
+
+
+def load_run_model(run_dir, step=None, device='cpu'):
+    """The one way a script gets a trained model: (model, checkpoint dict, tokenizer, step label) for
+    run_dir's checkpoint `step` (None newest, int, 'best'), with the tokenizer the run was trained on
+    (prepare.load_tokenizer checks its hash). Raises RunError / model.CheckpointError /
+    prepare.DataError with one line."""
+    from model import load_checkpoint
+    from prepare import GPT2_TOKENIZER_INFO, load_tokenizer
+    run_dir = Path(run_dir)
+    label, path = resolve_checkpoint(run_dir, step)
+    model, ckpt = load_checkpoint(path, device)
+    info = ckpt.get('tokenizer') or GPT2_TOKENIZER_INFO  # checkpoints before tokenizers were recorded
+    tokenizer = load_tokenizer(info, run_dir)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise RunError(f"{path}: vocab_size={model.config.vocab_size} is smaller than its tokenizer's "
+                       f"({info.get('name')}, {tokenizer.vocab_size})")
+    return model, ckpt, tokenizer, label
+
+# -----------------------------------------------------------------------------
+# seed groups: runs that differ only in the seed are replicates of one experiment
+
+# Keys of config.json that do not change what is trained, so runs differing only in them (and the
+# seed) are replicates. A dotted name is a key inside a nested dict (model_args, data). Every key not
+# listed here, including any train.py adds later, splits groups: pooling too little is safer than too much.
+SEED_GROUP_IGNORED_KEYS = {
+    'seed': 'the seed: replicates differ in it by design',
+    # where and when a run was written
+    'run_name': 'folder name', 'out_dir': 'where runs are written', 'overwrite': 'file handling',
+    'started_at': 'timestamp', 'config_file': 'which file set the values (the values themselves are compared)',
+    'init_from': "'resume' continues the same training", 'resumed_at': 'iterations it was resumed at',
+    # where the data was read from; data.sha256 of the bins (compared) says which tokens were trained on
+    'data_dir': 'path', 'data.data_dir': 'path', 'data.source': 'path', 'data.source_files': 'paths and mtimes',
+    # logging, eval cadence and checkpoints: what is recorded, not what is learned. (eval_windows, which
+    # fixes the val set, is compared; the last iteration is always evaluated, whatever eval_interval)
+    'log_interval': 'logging cadence', 'eval_interval': 'when val loss is measured',
+    'tensorboard': 'logging', 'save_checkpoints': 'checkpoints', 'checkpoint_interval': 'checkpoints',
+    'keep_checkpoints': 'checkpoints', 'peak_flops': 'only the MFU denominator',
+    # the same arithmetic on another code path or machine: floating-point noise at most
+    'compile': 'torch.compile', 'attn_impl': 'sdpa and math compute the same attention',
+    'model_args.attn_impl': 'the same', 'deterministic': 'reproducibility flag', 'device': 'machine',
+    'device_name': 'machine', 'world_size': 'GPU count (tokens_per_iter, which is compared, fixes the batch)',
+    'torch_version': 'library version', 'git_commit': 'code version',
+}
+# Ignored keys that are expected to differ between replicates; any other ignored key that differs
+# inside a group is named in the group's notes, so a reader sees what was pooled.
+EXPECTED_TO_DIFFER = {'seed', 'run_name', 'out_dir', 'started_at', 'config_file', 'data_dir', 'overwrite',
+                      'resumed_at', 'init_from'}
+# Derived from other keys: never the name of a difference in a group label.
+DERIVED_KEYS = {'n_params', 'n_params_non_embedding', 'tokens_per_iter'}
+
+
+def _flatten(config, prefix=''):
+    """{dotted key: value} of a config, nested dicts opened; ignored keys (SEED_GROUP_IGNORED_KEYS) left out."""
+    flat = {}
+    for key, value in config.items():
+        path = prefix + key
+        if path in SEED_GROUP_IGNORED_KEYS:
+            continue
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + '.'))
+        else:
+            flat[path] = value
+    return flat
+
+
+def group_key(config):
+    """What a run trains: its config without the ignored keys."""
+    return json.dumps(_flatten(config), sort_keys=True, default=str)
+
+
+def _short(value):
+    return json.dumps(value, default=str) if not isinstance(value, str) else value
+
+
+def seed_groups(loaded):
+    """Groups of runs with the same group_key, in order of first run; each labelled by model_name,
+    plus the settings that tell apart groups sharing one model_name."""
+    by_key = {}
+    for run in loaded:
+        by_key.setdefault(group_key(run['config']), []).append(run)
+    groups = [dict(runs=members, model_name=str(members[0]['config'].get('model_name', '?')),
+                   config=_flatten(members[0]['config'])) for members in by_key.values()]
+    for group in groups:
+        same_name = [g for g in groups if g['model_name'] == group['model_name']]
+        label = group['model_name']
+        if len(same_name) > 1:
+            keys = {k for g in same_name for k in g['config']}
+            differing = [k for k in keys if k not in DERIVED_KEYS
+                         and len({_short(g['config'].get(k)) for g in same_name}) > 1]
+            # model_args.n_layer repeats n_layer: name a nested key only where it says something new
+            differing = [k for k in differing if '.' not in k or k.rsplit('.', 1)[-1] not in differing
+                         or group['config'].get(k) != group['config'].get(k.rsplit('.', 1)[-1])]
+            # first the settings in which this group stands out, then the shallowest
+            shared = lambda k: sum(_short(g['config'].get(k)) == _short(group['config'].get(k)) for g in same_name)
+            differing.sort(key=lambda k: (shared(k) > 1, k.count('.'), k))
+            shown = [f"{k}={_short(group['config'].get(k))[:16]}" for k in differing[:3]]  # a sha256 is long
+            label += f" [{', '.join(shown)}{', ...' if len(differing) > 3 else ''}]" if shown else ''
+        group['label'] = label
+    labels = [g['label'] for g in groups]
+    for i, group in enumerate(groups):
+        if labels.count(group['label']) > 1:  # cannot happen while configs differ; keep labels unique anyway
+            group['label'] += f' #{labels[:i + 1].count(group["label"])}'
+    return groups
+
+
+# -----------------------------------------------------------------------------
+# the command-line words every script shares
+
+
+def add_run_args(parser, runs_dir_default='out'):
+    """--runs_dir (synonym --out_dir) and --runs (synonym --run_names), spelled alike everywhere."""
+    parser.add_argument('--runs_dir', '--out_dir', dest='runs_dir', default=runs_dir_default,
+                        help=f"folder of run folders, train.py's out_dir (default: {runs_dir_default})")
+    parser.add_argument('--runs', '--run_names', dest='runs', nargs='+', default=None, metavar='NAME_OR_GLOB',
+                        help="only these runs (names or quoted globs; default: all)")
 
 # -----------------------------------------------------------------------------
 # per-run plots (train.py calls this at the end of a run)
@@ -180,36 +562,34 @@ def plot_run(run_dir):
 
     def save(fig, name):
         fig.tight_layout()
-        tmp = out / f'{name}.tmp.png'
-        fig.savefig(tmp, dpi=110)
+        atomic_write(out / f'{name}.png', lambda f: fig.savefig(f, format='png', dpi=110))
         plt.close(fig)
-        os.replace(tmp, out / f'{name}.png')
 
-    def series(ax, key, label):
-        ok = ~np.isnan(m[key])
-        if ok.any():
-            ax.plot(m['iter'][ok], m[key][ok], label=label, marker='o' if ok.sum() < 20 else None, ms=3)
+    def panel(ax, name, title):
+        drawn = False
+        for metric in METRICS:
+            ok = ~np.isnan(m[metric.column]) if metric.panel == name else np.zeros(0, bool)
+            if ok.any():
+                ax.plot(m['iter'][ok], m[metric.column][ok], label=metric.column,
+                        marker='o' if ok.sum() < 20 else None, ms=3)
+                ax.set_ylabel(metric.label)
+                drawn = True
+        ax.set(xlabel='iteration', title=title)
+        ax.grid(alpha=0.3)
+        if drawn and len(ax.get_lines()) > 1:
+            ax.legend()
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    series(ax, 'train_loss', 'train')
-    series(ax, 'val_loss', 'val')
-    ax.set(xlabel='iteration', ylabel='loss', title=f'{run_dir.name}: loss')
-    ax.legend()
-    ax.grid(alpha=0.3)
+    panel(ax, 'loss', f'{run_dir.name}: train and val loss')
     save(fig, 'loss')
 
     fig, ax = plt.subplots(figsize=(7, 3))
-    series(ax, 'lr', 'lr')
-    ax.set(xlabel='iteration', ylabel='learning rate', title=f'{run_dir.name}: learning rate')
-    ax.grid(alpha=0.3)
+    panel(ax, 'lr', f'{run_dir.name}: learning rate schedule')
     save(fig, 'lr')
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    series(axes[0], 'grad_norm', 'grad norm (before clipping)')
-    series(axes[1], 'weight_norm', 'weight norm')
-    for ax, t in zip(axes, ('global grad norm', 'global weight norm')):
-        ax.set(xlabel='iteration', title=t)
-        ax.grid(alpha=0.3)
+    panel(axes[0], 'grad_norm', 'global grad norm (before clipping)')
+    panel(axes[1], 'weight_norm', 'global weight norm')
     save(fig, 'norms')
 
     norms = read_layer_norms(run_dir)
@@ -227,6 +607,6 @@ def plot_run(run_dir):
             ax.set_yticks(range(len(layers)), layers)
             ticks = np.linspace(0, len(iters) - 1, min(6, len(iters))).astype(int)
             ax.set_xticks(ticks, [f'{int(iters[t])}' for t in ticks])
-            ax.set(xlabel='iteration', title=f'log10 {key.replace("_", " ")} per layer')
-            fig.colorbar(im, ax=ax)
+            ax.set(xlabel='iteration', ylabel='layer', title=f'{key.replace("_", " ")} per layer')
+            fig.colorbar(im, ax=ax, label=f'log10 {key.replace("_", " ")}')
         save(fig, 'layer_norms')
