@@ -13,6 +13,7 @@ that type (an int is accepted where a float is expected). Used as:
 import ast
 import difflib
 import os
+import re
 import sys
 import types
 import typing
@@ -70,11 +71,41 @@ def _parse_flag(key, text, annotation):
         return text  # _check_type then reports the type mismatch
 
 
+def comments(source):
+    """{key: comment} from lines like `key: type = default  # comment` (the settings' descriptions)."""
+    found = {}
+    for line in source.splitlines():
+        m = re.match(r'^\s*(\w+)\s*:[^=#]+=[^#]*#\s*(.+)$', line)
+        if m:
+            found.setdefault(m.group(1), m.group(2).strip())
+    return found
+
+
 def print_help(namespace):
     script = os.path.basename(sys.argv[0])
-    print(f"usage: python {script} [config/file.py] [--key=value ...]\n\nsettings (type = default):")
+    notes = namespace.get('setting_help', {})
+    print(f"usage: python {script} [config/file.py] [--key=value ...]\n\nsettings (type = default: description):")
     for key, annotation in namespace['__annotations__'].items():
-        print(f"  --{key:<28} {_type_name(annotation):<14} = {namespace[key]!r}")
+        line = f"  --{key:<28} {_type_name(annotation):<14} = {namespace[key]!r}"
+        print(f"{line:<64} {notes.get(key, '')}".rstrip())
+
+
+SETTINGS_END = 'config_keys = list(__annotations__)'
+
+
+def load_settings(script):
+    """A script's settings (its typed globals with their defaults, and `setting_help`) without
+    running the script: the lines of the script before `config_keys = list(__annotations__)` are
+    its imports and settings, and only those run. sweep.py validates runs with this."""
+    with open(script, encoding='utf-8') as f:
+        source = f.read()
+    if SETTINGS_END not in source:
+        raise ConfigError(f"{script}: no settings block (expected a line {SETTINGS_END!r})")
+    namespace = {'__name__': 'settings_of_' + os.path.splitext(os.path.basename(script))[0],
+                 '__file__': os.path.abspath(script)}
+    head = source[:source.index(SETTINGS_END)]
+    exec(compile(head, script, 'exec'), namespace)
+    return namespace
 
 
 def configure(namespace, argv):

@@ -25,20 +25,20 @@ from torch.nn import functional as F
 
 @dataclass
 class GPTConfig:
-    model_name: str = 'baseline'
+    model_name: str = 'baseline'    # a name in MODEL_REGISTRY
     block_size: int = 512           # longest context
     vocab_size: int = 50257         # the tokenizer's; the embedding is padded to a multiple of 64
-    n_layer: int = 8
-    n_head: int = 8
+    n_layer: int = 8                # transformer blocks
+    n_head: int = 8                 # query heads per attention layer
     n_kv_head: int | None = None    # None: n_head (multi-head); fewer: grouped-query; 1: multi-query
-    n_embd: int = 512
+    n_embd: int = 512               # model width
     mlp_hidden: int | None = None   # None: 8/3*n_embd rounded up to 64 (SwiGLU) or 4*n_embd (GELU)
-    dropout: float = 0.0
+    dropout: float = 0.0            # on embeddings, attention and residual branches
     bias: bool = False              # biases in Linear and LayerNorm
     norm: str = 'rmsnorm'           # 'rmsnorm' | 'layernorm'
     mlp: str = 'swiglu'             # 'swiglu' | 'gelu'
     pos_emb: str = 'rope'           # 'rope' | 'learned' (absolute, GPT-2)
-    rope_base: float = 10000.0
+    rope_base: float = 10000.0      # rotary embedding base (theta)
     residual_scale: str = 'none'    # 'none' | 'fixed' | 'learned' (see Block)
     qk_norm: bool = False           # RMSNorm on queries and keys per head
     attn_impl: str = 'sdpa'         # 'sdpa' (Flash/efficient kernels) | 'math' (plain softmax(QK^T)V)
@@ -273,6 +273,16 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
         return n
 
+    def layer_groups(self):
+        """{layer name: its parameters}, in depth order: 'embed' (token and position embeddings; the
+        tied lm_head is the token embedding), 'block_0'.., 'final_norm'. train.py logs a norm per layer."""
+        groups = {'embed': [p for p in (self.transformer.wte.weight, getattr(self.transformer.wpe, 'weight', None))
+                            if p is not None]}
+        for i, block in enumerate(self.transformer.h):
+            groups[f'block_{i}'] = list(block.parameters())
+        groups['final_norm'] = list(self.transformer.ln_f.parameters())
+        return groups
+
     def hidden(self, idx, pos=None, mask=None, cache=None):
         """Final-norm hidden states (B, T, C). pos (B, T) gives each token's position (default
         0..T-1 after what the cache holds); mask as in attention()."""
@@ -296,14 +306,16 @@ class GPT(nn.Module):
             cache.pos += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None):
-        """Training: (logits, mean cross-entropy over targets != -1). Inference: (last-position logits, None)."""
+    def forward(self, idx, targets=None, reduction='mean'):
+        """Training: (logits, cross-entropy over targets != -1: the mean, or per token (B, T) with
+        reduction='none'). Inference: (last-position logits, None)."""
         x = self.hidden(idx)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction=reduction)
+        return logits, loss.view(targets.shape) if reduction == 'none' else loss
 
     # -------------------------------------------------------------------------
     # cost
@@ -485,27 +497,14 @@ def unwrap(model):
     return getattr(model, '_orig_mod', model)
 
 
-def atomic_torch_save(obj, path):
-    """Write to a temporary name, fsync, rename: a kill at any moment leaves the old file or the new one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_checkpoint(path, model, optimizer=None, **state):
-    """Save weights, the model config, the optimizer and any training state (plain values and tensors)."""
+    """Save weights, the model config, the optimizer and any training state (plain values and tensors),
+    atomically through runs.atomic_write: a kill or a full disk leaves the old file or the new one."""
+    from runs import atomic_write  # the project's one atomic write (runs.py imports nothing heavy)
     raw = unwrap(model)
     ckpt = dict(format=CHECKPOINT_FORMAT, model_args=asdict(raw.config), model=raw.state_dict(),
                 optimizer=optimizer.state_dict() if optimizer is not None else None, **state)
-    atomic_torch_save(ckpt, path)
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path, device='cpu'):
@@ -515,7 +514,7 @@ def load_checkpoint(path, device='cpu'):
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)  # moved to the device after
     except Exception as e:  # truncated zip, pickle garbage, ...
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail}") from None
@@ -538,4 +537,9 @@ def load_checkpoint(path, device='cpu'):
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match its model_args: {str(e).splitlines()[-1].strip()}") from None
-    return model.to(device), ckpt
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:  # the file is fine: the device is not
+        raise CheckpointError(f"{path}: cannot move the model to device {device!r} "
+                              f"({str(e).strip().splitlines()[0]}); try --device=cpu") from None
+    return model, ckpt

@@ -43,6 +43,7 @@ METRICS = [
     Metric('lr', 'lr', '.2e', 'lr', 'learning rate'),
     Metric('train_loss', 'loss/train', '.4f', 'loss', 'loss (nats/token)'),
     Metric('val_loss', 'loss/val', '.4f', 'loss', 'loss (nats/token)'),
+    Metric('val_bpb', 'loss/val_bpb', '.4f', 'bpb', 'val loss (bits per UTF-8 byte)'),
     Metric('grad_norm', 'norm/grad', '.3g', 'grad_norm', 'global grad norm, before clipping'),
     Metric('weight_norm', 'norm/weight', '.4g', 'weight_norm', 'global weight norm'),
     Metric('tokens_per_s', 'speed/tokens_per_s', ',.0f', 'tokens_per_s', 'tokens/s (training)'),
@@ -121,6 +122,17 @@ def _csv_value(v):
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ''
     return format(v, '.9g') if isinstance(v, float) else str(v)
+
+
+def git_commit():
+    """The commit of the code that wrote a run (None outside a git checkout)."""
+    import subprocess
+    try:
+        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def process_start_time(pid):

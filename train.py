@@ -4,24 +4,25 @@ Train one model variant on TinyStories and leave a complete run folder in out/<r
     python prepare.py --variant small                          # once: tokenized data
     python train.py config/baseline.py --max_iters=50          # one GPU (or MPS, or CPU)
     python train.py config/smoke.py                            # 50 tiny iterations on a CPU, < 1 min
-    python train.py config/baseline.py --init_from=resume      # continue out/baseline exactly
+    python train.py --init_from=resume --run_name=baseline     # continue out/baseline exactly
     torchrun --standalone --nproc_per_node=8 train.py config/baseline.py          # DDP on one node
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 \\
              --master_port=29500 train.py config/baseline.py                    # and node_rank=1
 
-Settings are the typed globals below; a config file (plain Python) overrides them, then --key=value
-flags. `python train.py --help` lists them. The run folder's files are described in runs.py.
+Settings are the typed globals below (the model's are model.GPTConfig's fields); a config file
+(plain Python) overrides them, then --key=value flags. `python train.py --help` lists them. Every
+setting is checked, and the data and the model are built, before anything is written; runs.py
+describes and writes the run folder.
 """
-import csv
+import inspect
 import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import asdict
 from contextlib import nullcontext
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 
 import numpy as np
@@ -29,75 +30,98 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import ConfigError, configure
-from model import GPT, load_checkpoint, make_config, save_checkpoint, unwrap
-from prepare import DataError, load_bin, read_meta
 import runs
+from configurator import ConfigError, comments, configure
+from model import GPT, GPTConfig, CheckpointError, load_checkpoint, make_config, pick_device, save_checkpoint
+from prepare import DataError, load_bin, load_tokenizer, parse_tokenizer, read_meta, variant_dir
 
 # -----------------------------------------------------------------------------
 # I/O
 out_dir: str = 'out'
 run_name: str = ''              # '' -> the config file's name (config/baseline.py -> baseline), else model_name
 overwrite: bool = False         # replace an existing run folder of the same name
-init_from: str = 'scratch'      # 'scratch' | 'resume' (continue out_dir/run_name from its newest checkpoint)
+init_from: str = 'scratch'      # 'scratch' | 'resume' (continue out_dir/run_name with its stored settings)
 log_interval: int = 10          # iterations between metric rows (per-layer norms are computed only then)
 eval_interval: int = 250        # iterations between validation losses
 eval_windows: int = 256         # validation windows of block_size tokens, evenly spaced: the same for every run
-save_checkpoints: bool = True   # checkpoints at checkpoint_interval and at the end (Ctrl-C always saves one)
-checkpoint_interval: int = 0    # 0: only at the end
-keep_checkpoints: int = 3       # newest kept; 0 keeps all
-tensorboard: bool = True
+save_checkpoints: bool = True   # checkpoints at checkpoint_interval, at the end, and ckpt_best.pt
+checkpoint_interval: int = 0    # 0: only at the end (Ctrl-C always saves one)
+keep_checkpoints: int = 3       # newest numbered checkpoints kept; 0 keeps all (ckpt_best.pt is never removed)
+tensorboard: bool = True        # TensorBoard events in the run folder's tb/
 # data
-data_dir: str = 'data/tinystories'
+data_dir: str = 'data/tinystories'  # where prepare.py wrote the bins
 dataset_variant: str = 'small'  # 'small' | 'full', made by: python prepare.py --variant ...
+tokenizer: str = 'gpt2'         # 'gpt2' | 'bpe4k' | 'bpe8k' | 'bpe:N', made by: python prepare.py --tokenizer ...
 batch_size: int = 32            # micro-batch per process
-block_size: int = 512
 gradient_accumulation_steps: int = 1  # over all processes: DDP splits it across ranks
-# model (None: the variant in model.MODEL_REGISTRY decides)
-model_name: str = 'baseline'
-n_layer: int = 8
-n_head: int = 8
-n_kv_head: int | None = None
-n_embd: int = 512
-mlp_hidden: int | None = None
-dropout: float = 0.0
-bias: bool | None = None
-norm: str | None = None
-mlp: str | None = None
-pos_emb: str | None = None
-residual_scale: str | None = None
-qk_norm: bool | None = None
-attn_impl: str = 'sdpa'
+# model: every field of model.GPTConfig; None: the variant in MODEL_REGISTRY decides, else GPTConfig's default
+model_name: str = 'baseline'    # a name in model.MODEL_REGISTRY
+setting_help = comments(inspect.getsource(GPTConfig))
+for _field in fields(GPTConfig):
+    if _field.name not in ('model_name', 'vocab_size'):  # the vocabulary comes from the data
+        __annotations__[_field.name] = _field.type if _field.name == 'block_size' else _field.type | None
+        globals()[_field.name] = 512 if _field.name == 'block_size' else None
+        if _field.name != 'block_size':
+            setting_help[_field.name] = f"{setting_help.get(_field.name, '')} [default {_field.default!r}]".strip()
 # adamw optimizer
-learning_rate: float = 1e-3
-max_iters: int = 5000
-weight_decay: float = 0.1
-beta1: float = 0.9
-beta2: float = 0.95
+learning_rate: float = 1e-3     # peak, after warmup
+max_iters: int = 5000           # optimizer steps
+weight_decay: float = 0.1       # on matrices only
+beta1: float = 0.9              # AdamW
+beta2: float = 0.95             # AdamW
 grad_clip: float = 1.0          # 0 disables clipping
 # learning rate schedule: linear warmup, cosine decay to min_lr
-warmup_iters: int = 100
-lr_decay_iters: int = 0         # 0: max_iters
-min_lr: float = 1e-4
+warmup_iters: int = 100         # linear warmup steps
+lr_decay_iters: int = 0         # 0: max_iters (a resume that raises max_iters keeps the old end)
+min_lr: float = 1e-4            # where the cosine ends
+# divergence: a logged train loss above min(ln(vocab_size) + 1, diverge_factor * lowest so far) stops the run
+diverge_factor: float = 2.0     # 0: stop only on NaN/inf
 # system
 device: str = 'auto'            # 'auto' (cuda, then mps, then cpu) | 'cuda' | 'cuda:1' | 'mps' | 'cpu'
 dtype: str = 'auto'             # 'auto' (bfloat16 where supported, else float16 on CUDA, float32 elsewhere)
 compile: bool | None = None     # torch.compile; None: on CUDA only
-seed: int = 1337
+seed: int = 1337                # init and batch order: runs with one seed see the same batches
 deterministic: bool = False     # PyTorch's deterministic algorithms (slower)
 peak_flops: float | None = None  # for MFU; None: model.PEAK_FLOPS by device name
+# settings a resume may change: they do not alter the arithmetic of the steps already taken
+resume_may_change = ('out_dir', 'run_name', 'overwrite', 'init_from', 'log_interval', 'eval_interval',
+                     'save_checkpoints', 'checkpoint_interval', 'keep_checkpoints', 'tensorboard', 'data_dir',
+                     'max_iters', 'lr_decay_iters', 'diverge_factor', 'device', 'compile', 'deterministic',
+                     'peak_flops', 'attn_impl')
+setting_help.update(comments(open(__file__, encoding='utf-8').read()))
 # -----------------------------------------------------------------------------
 config_keys = list(__annotations__)
-try:
-    config_file = configure(globals(), sys.argv[1:])
-except ConfigError as e:
-    sys.exit(f"train.py: error: {e}")
-run_name = run_name or (os.path.splitext(os.path.basename(config_file))[0] if config_file else model_name)
 
 
 def fail(message):
     sys.exit(f"train.py: error: {message}")
 
+
+try:
+    config_file = configure(globals(), sys.argv[1:])
+    if init_from == 'resume':  # the run's stored settings, then this command's file and flags on top
+        if not run_name:
+            fail("--init_from=resume needs --run_name=NAME (the run folder under out_dir to continue)")
+        run_dir = os.path.join(out_dir, run_name)
+        checkpoints = runs.list_checkpoints(run_dir)
+        if not checkpoints:
+            fail(f"{run_dir} has no checkpoint to resume from (expected {run_dir}/checkpoints/ckpt_*.pt)")
+        resume_path = checkpoints[max(checkpoints)]
+        try:
+            model, ckpt = load_checkpoint(resume_path, 'cpu')  # moved to the device once it is known
+        except CheckpointError as e:
+            fail(e)
+        stored = dict(ckpt.get('config', {}), **{k: v for k, v in ckpt.get('model_args', {}).items()
+                                                 if k in config_keys and k not in ckpt.get('config', {})})
+        globals().update({k: v for k, v in stored.items() if k in config_keys})
+        configure(globals(), sys.argv[1:])
+except ConfigError as e:
+    fail(e)
+run_name = run_name or (os.path.splitext(os.path.basename(config_file))[0] if config_file else model_name)
+run_dir = os.path.join(out_dir, run_name)
+
+# -----------------------------------------------------------------------------
+# validate everything before the disk is touched: settings, device, data, the model, the run folder
 
 if init_from not in ('scratch', 'resume'):
     fail(f"--init_from={init_from!r}: expected scratch or resume")
@@ -108,10 +132,25 @@ if os.sep in run_name or run_name in ('.', '..'):
 for key in ('log_interval', 'eval_interval', 'eval_windows', 'batch_size', 'block_size', 'gradient_accumulation_steps'):
     if globals()[key] < 1:
         fail(f"--{key}={globals()[key]}: expected a positive integer")
+if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
+    fail(f"--dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
+schedule_note = None
+if init_from == 'resume':
+    changed = sorted(k for k in config_keys if k in stored and k not in resume_may_change
+                     and globals()[k] != stored[k])
+    if changed:
+        fail(f"{resume_path}: settings differ from the checkpoint's: " + ', '.join(
+            f"{k} (checkpoint {stored[k]!r}, now {globals()[k]!r})" for k in changed)
+             + "; only " + ', '.join(k for k in resume_may_change if k not in ('run_name', 'init_from'))
+             + " may change on resume")
+    if max_iters < ckpt['iter_num']:
+        fail(f"--max_iters={max_iters}: the checkpoint {resume_path} is already at iteration {ckpt['iter_num']}")
+    if lr_decay_iters == stored.get('lr_decay_iters', 0) and max_iters != stored.get('max_iters', max_iters):
+        lr_decay_iters = stored.get('lr_decay_iters') or stored.get('max_iters')  # keep the schedule it promised
+        schedule_note = (f"max_iters {stored.get('max_iters')} -> {max_iters}: the cosine schedule still ends at "
+                         f"iteration {lr_decay_iters} and the run goes on at min_lr={min_lr:g} "
+                         f"(pass --lr_decay_iters=N to stretch it)")
 config = {k: globals()[k] for k in config_keys}
-
-# -----------------------------------------------------------------------------
-# processes, device, precision
 
 ddp = int(os.environ.get('RANK', -1)) != -1
 if ddp:
@@ -125,15 +164,15 @@ if ddp:
         fail(f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} processes")
 else:
     rank, local_rank, world_size = 0, 0, 1
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    try:
+        device = pick_device(device)
+    except ValueError as e:
+        fail(f"--device: {e}")
 master = rank == 0
 accum_steps = gradient_accumulation_steps // world_size  # micro-steps per process and iteration
 device_type = torch.device(device).type
 if dtype == 'auto':
     dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    fail(f"--dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
 compile = device_type == 'cuda' if compile is None else compile
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 autocast = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
@@ -145,21 +184,26 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 torch.manual_seed(seed)
 
-# -----------------------------------------------------------------------------
 # data: random windows whose order depends only on the seed and the data, so that two variants run
 # with the same seed see the same batches, whatever their number of processes
-
 try:
-    meta = read_meta(data_dir, dataset_variant)
-    train_data = load_bin(data_dir, dataset_variant, 'train')
-    val_data = load_bin(data_dir, dataset_variant, 'val')
+    tokenizer = parse_tokenizer(tokenizer)[0]
+    meta = read_meta(data_dir, dataset_variant, tokenizer=tokenizer)
+    train_data = load_bin(data_dir, dataset_variant, 'train', tokenizer=tokenizer)
+    val_data = load_bin(data_dir, dataset_variant, 'val', tokenizer=tokenizer)
+    tok = load_tokenizer(meta.get('tokenizer_info'), variant_dir(data_dir, dataset_variant, tokenizer))
 except DataError as e:
     fail(e)
+if init_from == 'resume' and ckpt.get('data_sha256') not in (None, meta['train']['sha256']):
+    fail(f"{resume_path}: the run was trained on other data than {variant_dir(data_dir, dataset_variant, tokenizer)} "
+         f"holds now (train.bin sha256 differs)")
 for split, data in (('train', train_data), ('val', val_data)):
     if len(data) < block_size + 2:
-        fail(f"{data_dir}/{dataset_variant}/{split}.bin holds {len(data)} tokens, fewer than block_size+2={block_size + 2}")
+        fail(f"{variant_dir(data_dir, dataset_variant, tokenizer)}/{split}.bin holds {len(data)} tokens, "
+             f"fewer than block_size+2={block_size + 2}")
 data_rng = np.random.default_rng(seed)
 offsets = np.arange(block_size + 1)
+token_bytes = torch.from_numpy(tok.token_byte_lengths()).to(device)  # for bits per byte
 
 
 def get_batch(data, starts):
@@ -183,19 +227,24 @@ val_starts = np.linspace(0, len(val_data) - block_size - 1, eval_windows).astype
 
 
 @torch.no_grad()
-def estimate_val_loss():
-    """Mean loss over the fixed validation windows (split across processes)."""
+def estimate_val():
+    """(val loss in nats per token, val bits per byte) over the fixed validation windows. Bits per
+    byte: summed nats / ln 2 / summed UTF-8 bytes of the predicted tokens (end-of-text has none and
+    is left out of both), which does not depend on the tokenizer."""
     model.eval()
-    total = torch.zeros(2, device=device)  # sum of window losses, windows
+    total = torch.zeros(4, device=device)  # nats, tokens, nats on text tokens, bytes
     for i in range(0, len(val_starts), batch_size):
         x, y = get_batch(val_data, val_starts[i:i + batch_size])
         with autocast:
-            _, loss = model(x, y)
-        total += torch.stack([loss.float() * len(x), torch.tensor(float(len(x)), device=device)])
+            _, loss = model(x, y, reduction='none')
+        nbytes = token_bytes[y]
+        total += torch.stack([loss.sum(), torch.tensor(float(loss.numel()), device=device),
+                              (loss * (nbytes > 0)).sum(), nbytes.sum().float()])
     if ddp:
         dist.all_reduce(total)
     model.train()
-    return (total[0] / total[1]).item()
+    nats, tokens, text_nats, nbytes = total.tolist()
+    return nats / tokens, text_nats / math.log(2) / nbytes
 
 
 def get_lr(it):
@@ -209,61 +258,38 @@ def get_lr(it):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 # -----------------------------------------------------------------------------
-# run folder: never overwritten unless asked, and only by the first process
+# the model (built, or loaded and checked, before the run folder changes)
 
 
-run_dir = os.path.join(out_dir, run_name)
-checkpoints = runs.list_checkpoints(run_dir)
-if init_from == 'scratch' and os.path.isdir(run_dir) and os.listdir(run_dir):
-    if not overwrite:
-        fail(f"{run_dir} already exists: pass --overwrite=True to replace it, --init_from=resume to continue it, "
-             f"or another --run_name")
-    if not os.path.isfile(os.path.join(run_dir, 'config.json')):
-        fail(f"{run_dir} is not a run folder (no config.json): refusing to delete it even with --overwrite=True")
-if init_from == 'resume' and not checkpoints:
-    fail(f"{run_dir} has no checkpoint to resume from (expected {runs.checkpoint_path(run_dir, 0).parent}/ckpt_*.pt)")
-if ddp:
-    dist.barrier()  # everyone has checked the folder before the first process changes it
-if master:
-    if init_from == 'scratch' and os.path.isdir(run_dir) and os.listdir(run_dir):
-        shutil.rmtree(run_dir)
-    os.makedirs(os.path.join(run_dir, 'checkpoints'), exist_ok=True)
-
-# -----------------------------------------------------------------------------
-# model, optimizer, and the state a resume restores
-
-model_args = dict(n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, mlp_hidden=mlp_hidden,
-                  dropout=dropout, bias=bias, norm=norm, mlp=mlp, pos_emb=pos_emb, residual_scale=residual_scale,
-                  qk_norm=qk_norm, attn_impl=attn_impl)
-state = dict(iter_num=0, last_row_iter=-1, best_val_loss=math.inf, best_val_iter=None, elapsed_s=0.0, wall_time_s=0.0,
-             loss_sum=0.0, loss_steps=0, last_val_loss=None, last_train_loss=None, speed_sum=0.0, speed_n=0,
-             mfu_sum=0.0, mfu_n=0, resumed_at=[])
+model_args = {f.name: globals()[f.name] for f in fields(GPTConfig) if f.name not in ('model_name', 'vocab_size')}
+try:
+    model_config = make_config(model_name, vocab_size=meta['vocab_size'], **model_args)
+except ValueError as e:
+    fail(e)
+state = dict(iter_num=0, last_row_iter=-1, best_val_loss=math.inf, best_val_iter=None, elapsed_s=0.0,
+             wall_time_s=0.0, loss_sum=0.0, loss_steps=0, last_val_loss=None, last_val_bpb=None,
+             last_train_loss=None, min_train_loss=math.inf, resumed_at=[])
 if init_from == 'resume':
-    resume_path = checkpoints[max(checkpoints)]
-    try:
-        model, ckpt = load_checkpoint(resume_path, device)
-    except ValueError as e:
-        fail(e)
-    state.update({k: ckpt[k] for k in state if k in ckpt})
-    state['resumed_at'] = state['resumed_at'] + [state['iter_num']]
-    try:
-        wanted = vars(make_config(model_name, block_size=block_size, vocab_size=meta['vocab_size'], **model_args))
-    except ValueError as e:
-        fail(e)
-    differ = [f"{k} (checkpoint {ckpt['model_args'].get(k)!r}, now {v!r})" for k, v in wanted.items()
-              if ckpt['model_args'].get(k) != v]
+    differ = [f"{k} (checkpoint {ckpt['model_args'].get(k)!r}, now {v!r})" for k, v in asdict(model_config).items()
+              if ckpt['model_args'].get(k) != v and k != 'attn_impl']
     if differ:
         fail(f"{resume_path}: model settings differ from the checkpoint's: {', '.join(differ)}")
-    if master:
-        print(f"resuming {run_dir} from {resume_path} (iteration {state['iter_num']})")
-else:
-    try:
-        model = GPT(make_config(model_name, block_size=block_size, vocab_size=meta['vocab_size'], **model_args))
-    except ValueError as e:
-        fail(e)
+    model.config.attn_impl = attn_impl or model.config.attn_impl  # the same arithmetic, another kernel
     model.to(device)
+    state.update({k: ckpt[k] for k in state if k in ckpt})
+    state['resumed_at'] = state['resumed_at'] + [state['iter_num']]
+else:
+    model = GPT(model_config).to(device)
+    if os.path.isdir(run_dir) and any(files for _, _, files in os.walk(run_dir)):
+        if not overwrite:
+            fail(f"{run_dir} already exists: pass --overwrite=True to replace it, or continue it with: "
+                 f"python train.py --init_from=resume --run_name={run_name}"
+                 + (f" --out_dir={out_dir}" if out_dir != 'out' else '') + ", or choose another --run_name")
+        if not os.path.isfile(os.path.join(run_dir, 'config.json')):
+            fail(f"{run_dir} is not a run folder (no config.json): refusing to delete it even with --overwrite=True")
 torch.manual_seed(seed + rank)  # dropout differs between processes; the init above does not
-optimizer = unwrap(model).configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+raw_model = model
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
 if init_from == 'resume':
     optimizer.load_state_dict(ckpt['optimizer'])
@@ -273,109 +299,106 @@ if init_from == 'resume':
     if device_type == 'cuda' and ckpt.get('cuda_rng'):
         torch.cuda.set_rng_state(ckpt['cuda_rng'][rank % len(ckpt['cuda_rng'])].cpu())
     del ckpt
-raw_model = unwrap(model)
 n_params = raw_model.num_params()
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
+layer_groups = raw_model.layer_groups()
 if compile:
     model = torch.compile(model)
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
-# per-layer norms: the embeddings, each block, the final norm (a tied lm_head is the embedding)
-layer_params = {}
-for name, p in raw_model.named_parameters():
-    parts = name.split('.')
-    layer = f'block_{parts[2]}' if parts[1] == 'h' else 'final_norm' if parts[1] == 'ln_f' else 'embed'
-    layer_params.setdefault(layer, []).append(p)
-layer_names = sorted(layer_params, key=lambda n: (n != 'embed', n == 'final_norm', int(n[6:]) if n[:6] == 'block_' else 0))
-
 
 def layer_norms(grads):
     """One norm per layer, of the gradients or the weights, as a device tensor (no host sync)."""
     out = []
-    for layer in layer_names:
-        ts = [p.grad if grads else p for p in layer_params[layer] if not grads or p.grad is not None]
+    for params in layer_groups.values():
+        ts = [p.grad if grads else p for p in params if not grads or p.grad is not None]
         out.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in ts])) if ts
                    else torch.zeros((), device=device))
     return torch.stack(out)
 
 # -----------------------------------------------------------------------------
-# logging: metrics.csv, layer_norms.csv, TensorBoard, summary.json, config.json (first process only)
+# the run folder: only now, and only by the first process
 
 
-def git_commit():
-    try:
-        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+writer = None
+wall_start = time.time()  # wall clock, evaluation included; state['wall_time_s'] holds earlier attempts
 
 
-def keep_rows_up_to(path, last_iter):
-    """On resume, drop rows a previous attempt logged after its checkpoint (they will be redone)."""
-    if not os.path.isfile(path):
-        return
-    with open(path, newline='') as f:
-        rows = list(csv.reader(f))
-    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= last_iter]
-    runs.atomic_write_text(path, ''.join(','.join(r) + '\n' for r in kept))
+def summary_fields(message=None):
+    tokens = state['iter_num'] * tokens_per_iter
+    speed = tokens / state['elapsed_s'] if state['elapsed_s'] > 0 and state['iter_num'] else None
+    return dict(run_name=run_name, model_name=raw_model.config.model_name, seed=seed, iters=state['iter_num'],
+                max_iters=max_iters, tokens_seen=tokens,
+                wall_time_s=round(state['wall_time_s'] + time.time() - wall_start, 3),
+                train_time_s=round(state['elapsed_s'], 3), final_val_loss=state['last_val_loss'],
+                final_val_bpb=state['last_val_bpb'],
+                best_val_loss=state['best_val_loss'] if state['best_val_iter'] is not None else None,
+                best_val_iter=state['best_val_iter'], final_train_loss=state['last_train_loss'],
+                n_params=n_params, n_params_non_embedding=raw_model.num_params(non_embedding=True),
+                tokens_per_s_mean=speed, mfu_mean=raw_model.estimate_mfu(speed / world_size, device, peak_flops,
+                                                                         block_size) if speed else None,
+                message=message, updated_at=datetime.now(timezone.utc).isoformat(timespec='seconds'))
 
 
-def open_csv(path, header):
-    new = not os.path.isfile(path)
-    f = open(path, 'a', newline='')
-    if new:
-        f.write(','.join(header) + '\n')
-    return f
+def on_crash(exc_type, exc, tb):
+    """Whatever stops the run unexpectedly: summary.json says failed, with the message. An environment
+    error (disk full, permissions) is one line; anything else keeps its traceback."""
+    message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if isinstance(exc, OSError) and exc.filename:
+        message = f"{exc.filename}: {exc.strerror}"
+    status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'  # a second Ctrl-C
+    if writer is not None:
+        try:
+            writer.summary(summary_fields(message if status == 'failed' else 'stopped at once by a second signal'),
+                           status)
+        except OSError:
+            pass
+    if isinstance(exc, OSError):
+        print(f"train.py: error: {message}; status failed in {run_dir}/summary.json", file=sys.stderr)
+    else:
+        sys.__excepthook__(exc_type, exc, tb)
 
 
-def fmt(v):
-    return '' if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, '.9g') if isinstance(v, float) else str(v)
-
-
-def write_summary(status, message=None):
-    summary = dict(status=status, run_name=run_name, model_name=raw_model.config.model_name, seed=seed,
-                   iters=state['iter_num'], tokens_seen=state['iter_num'] * tokens_per_iter,
-                   wall_time_s=round(state['wall_time_s'] + time.time() - wall_start, 3),
-                   train_time_s=round(state['elapsed_s'], 3), final_val_loss=state['last_val_loss'],
-                   best_val_loss=state['best_val_loss'] if state['best_val_iter'] is not None else None,
-                   best_val_iter=state['best_val_iter'], final_train_loss=state['last_train_loss'],
-                   n_params=n_params, n_params_non_embedding=raw_model.num_params(non_embedding=True),
-                   tokens_per_s_mean=state['speed_sum'] / state['speed_n'] if state['speed_n'] else None,
-                   mfu_mean=state['mfu_sum'] / state['mfu_n'] if state['mfu_n'] else None, message=message,
-                   updated_at=datetime.now(timezone.utc).isoformat(timespec='seconds'))
-    runs.atomic_write_json(os.path.join(run_dir, 'summary.json'), summary)
-
-
-metrics_file = norms_file = writer = None
-wall_start = time.time()  # wall-clock time, evaluation included; state['wall_time_s'] holds earlier attempts
+sys.excepthook = on_crash
+if ddp:
+    dist.barrier()  # everyone has checked the folder before the first process changes it
 if master:
-    runs.atomic_write_json(os.path.join(run_dir, 'config.json'), dict(
-        config, run_name=run_name, config_file=config_file, model_args=asdict(raw_model.config),
-        n_params=n_params, n_params_non_embedding=raw_model.num_params(non_embedding=True),
-        tokens_per_iter=tokens_per_iter, world_size=world_size, device=device, dtype=dtype, compile=compile,
-        device_name=torch.cuda.get_device_name(device) if device_type == 'cuda' else device_type,
-        torch_version=torch.__version__, git_commit=git_commit(), data=dict(meta, data_dir=data_dir),
-        resumed_at=state['resumed_at'], started_at=datetime.now(timezone.utc).isoformat(timespec='seconds')))
-    metrics_path, norms_path = os.path.join(run_dir, 'metrics.csv'), os.path.join(run_dir, 'layer_norms.csv')
+    try:
+        if init_from == 'scratch' and os.path.isdir(run_dir):
+            shutil.rmtree(run_dir)  # asked for with --overwrite=True (or an empty leftover), checked above
+        os.makedirs(os.path.join(run_dir, 'checkpoints'), exist_ok=True)
+        if tok.file:  # a run carries its tokenizer: eval_harness.py and sample.py decode with this one
+            src = os.path.join(variant_dir(data_dir, dataset_variant, tokenizer), tok.file)
+            runs.atomic_write_bytes(os.path.join(run_dir, tok.file), open(src, 'rb').read())
+        runs.atomic_write_json(os.path.join(run_dir, 'config.json'), dict(
+            config, run_name=run_name, config_file=config_file, model_args=asdict(raw_model.config),
+            tokenizer=tok.info(), n_params=n_params, n_params_non_embedding=raw_model.num_params(non_embedding=True),
+            tokens_per_iter=tokens_per_iter, world_size=world_size, device=device, dtype=dtype, compile=compile,
+            device_name=torch.cuda.get_device_name(device) if device_type == 'cuda' else device_type,
+            torch_version=torch.__version__, git_commit=runs.git_commit(), data=dict(meta, data_dir=data_dir),
+            resumed_at=state['resumed_at'], started_at=datetime.now(timezone.utc).isoformat(timespec='seconds')))
+        writer = runs.RunWriter(run_dir, max_iters, state['last_row_iter'] if init_from == 'resume' else None,
+                                tensorboard)
+        writer.summary(summary_fields(), 'running')
+    except OSError as e:
+        fail(f"{e.filename or run_dir}: cannot write the run folder ({e.strerror}); check the path and "
+             f"permissions of --out_dir={out_dir}")
+    print(f"{run_dir}: {raw_model.config.model_name}, {n_params / 1e6:.2f}M parameters, {tok.name} tokenizer, "
+          f"{device} {dtype}{' compiled' if compile else ''}, {world_size} process(es), "
+          f"{tokens_per_iter:,} tokens/iteration")
     if init_from == 'resume':
-        keep_rows_up_to(metrics_path, state['last_row_iter'])
-        keep_rows_up_to(norms_path, state['last_row_iter'])
-    metrics_file = open_csv(metrics_path, runs.METRIC_COLUMNS)
-    norms_file = open_csv(norms_path, runs.LAYER_NORM_COLUMNS)
-    if tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(os.path.join(run_dir, 'tb'), purge_step=state['iter_num'] + 1 if init_from == 'resume' else None)
-    print(f"{run_dir}: {raw_model.config.model_name}, {n_params / 1e6:.2f}M parameters, {device} {dtype}"
-          f"{' compiled' if compile else ''}, {world_size} process(es), {tokens_per_iter:,} tokens/iteration")
+        print(f"resuming {run_dir} from {resume_path} (iteration {state['iter_num']})")
+    if schedule_note:
+        print(schedule_note)
 
 
 def save(iter_num):
-    """Checkpoint named by iteration; keeps the newest keep_checkpoints."""
+    """Numbered checkpoint; keeps the newest keep_checkpoints (ckpt_best.pt is separate)."""
     path = runs.checkpoint_path(run_dir, iter_num)
     save_checkpoint(path, raw_model, optimizer, **state, scaler=scaler.state_dict(), config=config,
-                    data_rng=pending_rng_state, torch_rng=[torch.get_rng_state()],
+                    tokenizer=tok.info(), data_sha256=meta['train']['sha256'], data_rng=pending_rng_state,
+                    torch_rng=[torch.get_rng_state()],
                     cuda_rng=[torch.cuda.get_rng_state(device)] if device_type == 'cuda' else [])
     if keep_checkpoints > 0:
         for old in list(runs.list_checkpoints(run_dir))[:-keep_checkpoints]:
@@ -383,8 +406,21 @@ def save(iter_num):
     return path
 
 
-TB_NAMES = dict(train_loss='loss/train', val_loss='loss/val', grad_norm='norm/grad', weight_norm='norm/weight',
-                tokens_per_s='speed/tokens_per_s', mfu='speed/mfu')
+def save_best(iter_num, val_loss):
+    """ckpt_best.pt: the weights with the lowest val loss so far (no optimizer: for eval and sampling)."""
+    save_checkpoint(runs.best_checkpoint_path(run_dir), raw_model, iter_num=iter_num, val_loss=val_loss,
+                    tokenizer=tok.info(), config=config)
+
+
+def loss_limit():
+    """The spike rule: above this a train loss means the run diverged (worse than guessing uniformly,
+    or diverge_factor times the lowest loss so far)."""
+    limit = math.log(meta['vocab_size']) + 1.0
+    if diverge_factor > 0 and math.isfinite(state['min_train_loss']):
+        limit = min(limit, diverge_factor * state['min_train_loss'])
+    return limit
+
+
 stop_signal = None
 
 
@@ -405,12 +441,9 @@ signal.signal(signal.SIGTERM, request_stop)
 iter_num = state['iter_num']
 loss_sum = torch.tensor(state['loss_sum'], device=device)  # train loss summed since the last row, on device
 grad_norm = layer_grad_norms = None
-first_interval = True  # includes compilation and warm-up: left out of the mean speed
-if master:
-    write_summary('running')
 starts = next_iteration_starts()
 x, y = get_batch(train_data, starts[0])
-status, message = 'completed', None
+status, message, good_ckpt = 'completed', None, None
 t0 = time.time()
 while True:
     last = iter_num >= max_iters
@@ -428,74 +461,65 @@ while True:
         if ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         train_loss = loss_sum.item() / steps if steps else None
-        dt = time.time() - t0  # training time only: evaluation below is not counted in tokens/s
+        dt = time.time() - t0  # training time only: evaluation below is not counted
         state['elapsed_s'] += dt
-        if train_loss is not None and not math.isfinite(train_loss):
-            status, message = 'diverged', f"train loss is {train_loss} at iteration {iter_num}: the run diverged"
+        if train_loss is not None and not train_loss <= loss_limit():
+            status, message = 'diverged', (f"train loss {train_loss:.4g} at iteration {iter_num} is above "
+                                           f"{loss_limit():.4g} (the spike rule): the run diverged")
             break
         speed = steps * tokens_per_iter / dt if steps else None
-        mfu = raw_model.estimate_mfu(speed / world_size, device, peak_flops, block_size) if speed else None  # per GPU
-        if speed and not first_interval:
-            state['speed_sum'], state['speed_n'] = state['speed_sum'] + speed, state['speed_n'] + 1
-            if mfu is not None:
-                state['mfu_sum'], state['mfu_n'] = state['mfu_sum'] + mfu, state['mfu_n'] + 1
-        first_interval = first_interval and not steps
-        val_loss = estimate_val_loss() if eval_step else None
-        if val_loss is not None and not math.isfinite(val_loss):
-            status, message = 'diverged', f"val loss is {val_loss} at iteration {iter_num}: the run diverged"
+        val_loss, val_bpb = estimate_val() if eval_step else (None, None)
+        if val_loss is not None and not val_loss <= math.log(meta['vocab_size']) + 1.0:
+            status, message = 'diverged', f"val loss {val_loss:.4g} at iteration {iter_num}: the run diverged"
             break
         norms = layer_norms(grads=False)[None]
         if grad_norm is not None:
             norms = torch.cat([norms, layer_grad_norms[None], grad_norm.reshape(1, 1).expand(1, norms.size(1))])
         norms = norms.tolist()
-        weight_norm = math.sqrt(sum(v * v for v in norms[0]))
-        gnorm = norms[2][0] if grad_norm is not None else None
-        if val_loss is not None:
-            state['last_val_loss'] = val_loss
-            if val_loss < state['best_val_loss']:
-                state['best_val_loss'], state['best_val_iter'] = val_loss, iter_num
         if train_loss is not None:
             state['last_train_loss'] = train_loss
+            state['min_train_loss'] = min(state['min_train_loss'], train_loss)
+        if val_loss is not None:
+            state['last_val_loss'], state['last_val_bpb'] = val_loss, val_bpb
+            if val_loss < state['best_val_loss']:
+                state['best_val_loss'], state['best_val_iter'] = val_loss, iter_num
+                if master and save_checkpoints:
+                    save_best(iter_num, val_loss)
         loss_sum.zero_()
         state['loss_steps'], state['last_row_iter'] = 0, iter_num
         if master:
             row = dict(iter=iter_num, tokens_seen=iter_num * tokens_per_iter, elapsed_s=round(state['elapsed_s'], 3),
-                       lr=get_lr(max(iter_num - 1, 0)), train_loss=train_loss, val_loss=val_loss, grad_norm=gnorm,
-                       weight_norm=weight_norm, tokens_per_s=speed, mfu=mfu)
-            metrics_file.write(','.join(fmt(row[c]) for c in runs.METRIC_COLUMNS) + '\n')
-            metrics_file.flush()
-            for i, layer in enumerate(layer_names):
-                norms_file.write(f"{iter_num},{layer},{fmt(norms[1][i] if gnorm is not None else None)},{fmt(norms[0][i])}\n")
-            norms_file.flush()
-            if writer is not None:
-                for key, v in row.items():
-                    if key not in ('iter', 'elapsed_s') and v is not None:
-                        writer.add_scalar(TB_NAMES.get(key, key), v, iter_num)
-                for i, layer in enumerate(layer_names):
-                    writer.add_scalar(f'layer_weight_norm/{layer}', norms[0][i], iter_num)
-                    if gnorm is not None:
-                        writer.add_scalar(f'layer_grad_norm/{layer}', norms[1][i], iter_num)
-            print(f"iter {iter_num}: " + ' '.join(f"{k} {fmt(row[k]) if row[k] is not None else '-'}" for k in
-                  ('train_loss', 'val_loss', 'lr', 'grad_norm', 'tokens_per_s')) + (f" mfu {100 * mfu:.1f}%" if mfu else ''))
-            if eval_step:
-                write_summary('running')
+                       lr=get_lr(max(iter_num - 1, 0)), train_loss=train_loss, val_loss=val_loss, val_bpb=val_bpb,
+                       grad_norm=norms[2][0] if grad_norm is not None else None,
+                       weight_norm=math.sqrt(sum(v * v for v in norms[0])), tokens_per_s=speed,
+                       mfu=raw_model.estimate_mfu(speed / world_size, device, peak_flops, block_size) if speed else None)
+            eta_s = (max_iters - iter_num) * dt / steps if steps else None
+            writer.log(row, list(layer_groups), norms[0], norms[1] if grad_norm is not None else None, eta_s)
+            if eval_step or time.time() - writer.last_heartbeat > 60:
+                writer.summary(summary_fields(), 'running')
         t0 = time.time()
     if ckpt_step or stopping:
         finite = loss_sum.clone()
         if ddp:
             dist.all_reduce(finite)
         weights_ok = torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all()  # one sync, not one per tensor
-        if not math.isfinite(finite.item()) or not weights_ok.item():
+        steps = max(state['loss_steps'], 1)
+        if not finite.item() / steps <= loss_limit() or not weights_ok.item():
             # never let a checkpoint hold a diverged model
-            status, message = 'diverged', f"loss or weights are not finite at iteration {iter_num}: the run diverged"
+            status, message = 'diverged', f"loss or weights out of bounds at iteration {iter_num}: the run diverged"
             break
         if master and (save_checkpoints or stopping):
             state['iter_num'], state['loss_sum'] = iter_num, loss_sum.item()
             state['wall_time_s'] += time.time() - wall_start  # the checkpoint carries the total so far
             wall_start = time.time()
-            path = save(iter_num)
+            try:
+                good_ckpt = save(iter_num)
+            except (OSError, RuntimeError) as e:  # a full disk: the older checkpoints are intact, no .tmp left
+                detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                status, message = 'failed', f"{runs.checkpoint_path(run_dir, iter_num)}: could not be written ({detail})"
+                break
             if stopping:
-                print(f"saved {path}")
+                print(f"saved {good_ckpt}")
     if last:
         break
     if stopping:
@@ -532,19 +556,24 @@ while True:
 
 state['iter_num'] = iter_num
 if master:
-    write_summary(status, message)
-    for f in (metrics_file, norms_file):
-        f.close()
-    if writer is not None:
-        writer.close()
+    writer.summary(summary_fields(message), status)
+    writer.close()
     try:
         runs.plot_run(run_dir)
     except Exception as e:  # plots are a convenience: never lose a finished run to them
         print(f"train.py: warning: could not draw plots: {e}", file=sys.stderr)
-    if status != 'completed':
-        print(f"train.py: {message}; status {status} in {run_dir}/summary.json"
-              + ("; the last good checkpoint is untouched" if status == 'diverged' else
-                 f"; continue with --init_from=resume --run_name={run_name}"), file=sys.stderr)
+    resume_cmd = f"python train.py --init_from=resume --run_name={run_name}" + (
+        f" --out_dir={out_dir}" if out_dir != 'out' else '')
+    newest = runs.list_checkpoints(run_dir)
+    if status == 'diverged':
+        good = f"the newest good checkpoint is {newest[max(newest)]}" if newest else "no numbered checkpoint was saved"
+        best = runs.best_checkpoint_path(run_dir)
+        if best.is_file():
+            good += f"; the best val loss ({state['best_val_loss']:.4f} at iteration {state['best_val_iter']}) is in {best}"
+        print(f"train.py: {message}; status diverged in {run_dir}/summary.json; {good}", file=sys.stderr)
+    elif status in ('interrupted', 'failed'):
+        print(f"train.py: {message}; status {status} in {run_dir}/summary.json; continue with: {resume_cmd}",
+              file=sys.stderr)
 if ddp:
     dist.destroy_process_group()
-sys.exit({'completed': 0, 'diverged': 1}.get(status, 128 + (stop_signal or 0)))
+sys.exit({'completed': 0, 'diverged': 1, 'failed': 1}.get(status, 128 + (stop_signal or 0)))
