@@ -47,6 +47,7 @@ METRICS = [
     Metric('grad_norm', 'norm/grad', '.3g', 'grad_norm', 'global grad norm, before clipping'),
     Metric('weight_norm', 'norm/weight', '.4g', 'weight_norm', 'global weight norm'),
     Metric('tokens_per_s', 'speed/tokens_per_s', ',.0f', 'tokens_per_s', 'tokens/s (training)'),
+    Metric('ms_per_iter', 'speed/ms_per_iter', ',.0f', 'ms_per_iter', 'ms per iteration (training)'),
     Metric('mfu', 'speed/mfu', '.1%', 'mfu', 'model FLOPs utilisation (fraction of peak)'),
 ]
 METRIC = {m.column: m for m in METRICS}

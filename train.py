@@ -492,6 +492,7 @@ while True:
                        lr=get_lr(max(iter_num - 1, 0)), train_loss=train_loss, val_loss=val_loss, val_bpb=val_bpb,
                        grad_norm=norms[2][0] if grad_norm is not None else None,
                        weight_norm=math.sqrt(sum(v * v for v in norms[0])), tokens_per_s=speed,
+                       ms_per_iter=1000 * dt / steps if steps else None,
                        mfu=raw_model.estimate_mfu(speed / world_size, device, peak_flops, block_size) if speed else None)
             eta_s = (max_iters - iter_num) * dt / steps if steps else None
             writer.log(row, list(layer_groups), norms[0], norms[1] if grad_norm is not None else None, eta_s)
