@@ -562,7 +562,8 @@ def add_run_args(parser, runs_dir_default='out'):
 
 
 def plot_run(run_dir):
-    """PNGs of loss, lr, grad/weight norms and a per-layer norm heatmap into run_dir/plots/."""
+    """plots/metrics.png (a panel per METRICS panel that has data, units on the axes) and
+    plots/layer_norms.png (grad and weight norm per layer over time, log colour scale)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -575,41 +576,38 @@ def plot_run(run_dir):
 
     def save(fig, name):
         fig.tight_layout()
-        atomic_write(out / f'{name}.png', lambda f: fig.savefig(f, format='png', dpi=110))
+        atomic_write(out / f'{name}.png', lambda f: fig.savefig(f, format='png', dpi=100))
         plt.close(fig)
 
-    def panel(ax, name, title):
-        drawn = False
-        for metric in METRICS:
-            ok = ~np.isnan(m[metric.column]) if metric.panel == name else np.zeros(0, bool)
-            if ok.any():
-                ax.plot(m['iter'][ok], m[metric.column][ok], label=metric.column,
-                        marker='o' if ok.sum() < 20 else None, ms=3)
-                ax.set_ylabel(metric.label)
-                drawn = True
-        ax.set(xlabel='iteration', title=title)
+    panels = {}
+    for metric in METRICS:
+        if metric.panel and metric.column in m and np.isfinite(m[metric.column]).any():
+            panels.setdefault(metric.panel, []).append(metric)
+    cols = min(3, max(1, len(panels)))
+    rows = math.ceil(len(panels) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
+    for ax, (panel, metrics) in zip(axes.flat, panels.items()):
+        for metric in metrics:
+            ok = np.isfinite(m[metric.column])
+            ax.plot(m['iter'][ok], m[metric.column][ok], label=metric.column, marker='o' if ok.sum() < 20 else None,
+                    ms=3)
+        ax.set(xlabel='iteration', ylabel=metrics[0].label, title=metrics[0].label.split(' (')[0])
+        if panel == 'grad_norm' and np.nanmin(m['grad_norm']) > 0:
+            ax.set_yscale('log')
+        if len(metrics) > 1:
+            ax.legend(fontsize='small')
         ax.grid(alpha=0.3)
-        if drawn and len(ax.get_lines()) > 1:
-            ax.legend()
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    panel(ax, 'loss', f'{run_dir.name}: train and val loss')
-    save(fig, 'loss')
-
-    fig, ax = plt.subplots(figsize=(7, 3))
-    panel(ax, 'lr', f'{run_dir.name}: learning rate schedule')
-    save(fig, 'lr')
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    panel(axes[0], 'grad_norm', 'global grad norm (before clipping)')
-    panel(axes[1], 'weight_norm', 'global weight norm')
-    save(fig, 'norms')
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis('off')
+    fig.suptitle(f'{run_dir.name}: training curves')
+    save(fig, 'metrics')
 
     norms = read_layer_norms(run_dir)
     if norms and norms['iter']:
         layers = list(dict.fromkeys(norms['layer']))
         iters = sorted(set(norms['iter']))
         fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(layers) + 2.5))
+        fig.suptitle(f'{run_dir.name}: norm of each layer over training')
         for ax, key in zip(axes, ('grad_norm', 'weight_norm')):
             grid = np.full((len(layers), len(iters)), np.nan)
             col = {it: j for j, it in enumerate(iters)}

@@ -412,6 +412,11 @@ def save_best(iter_num, val_loss):
                     tokenizer=tok.info(), config=config)
 
 
+def write_failure(path, e):
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{path}: could not be written ({detail}); free some disk space"
+
+
 def loss_limit():
     """The spike rule: above this a train loss means the run diverged (worse than guessing uniformly,
     or diverge_factor times the lowest loss so far)."""
@@ -469,8 +474,9 @@ while True:
             break
         speed = steps * tokens_per_iter / dt if steps else None
         val_loss, val_bpb = estimate_val() if eval_step else (None, None)
-        if val_loss is not None and not val_loss <= math.log(meta['vocab_size']) + 1.0:
-            status, message = 'diverged', f"val loss {val_loss:.4g} at iteration {iter_num}: the run diverged"
+        if val_loss is not None and not val_loss <= loss_limit():
+            status, message = 'diverged', (f"val loss {val_loss:.4g} at iteration {iter_num} is above "
+                                           f"{loss_limit():.4g} (the spike rule): the run diverged")
             break
         norms = layer_norms(grads=False)[None]
         if grad_norm is not None:
@@ -484,7 +490,11 @@ while True:
             if val_loss < state['best_val_loss']:
                 state['best_val_loss'], state['best_val_iter'] = val_loss, iter_num
                 if master and save_checkpoints:
-                    save_best(iter_num, val_loss)
+                    try:
+                        save_best(iter_num, val_loss)
+                    except (OSError, RuntimeError) as e:  # a full disk: see save() below
+                        status, message = 'failed', write_failure(runs.best_checkpoint_path(run_dir), e)
+                        break
         loss_sum.zero_()
         state['loss_steps'], state['last_row_iter'] = 0, iter_num
         if master:
@@ -516,8 +526,7 @@ while True:
             try:
                 good_ckpt = save(iter_num)
             except (OSError, RuntimeError) as e:  # a full disk: the older checkpoints are intact, no .tmp left
-                detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                status, message = 'failed', f"{runs.checkpoint_path(run_dir, iter_num)}: could not be written ({detail})"
+                status, message = 'failed', write_failure(runs.checkpoint_path(run_dir, iter_num), e)
                 break
             if stopping:
                 print(f"saved {good_ckpt}")

@@ -1,5 +1,6 @@
-"""train.py: real training on TinyStories, the run folder, exact resume, interruption, divergence,
-overwrite refusal, configuration errors and DDP (torchrun with gloo on CPU)."""
+"""train.py: real training on TinyStories, the run folder, exact resume (with one command),
+interruption, divergence (NaN and the spike rule), failed starts that leave nothing behind,
+environment errors, configuration errors and DDP (torchrun with gloo on CPU)."""
 import csv
 import json
 import math
@@ -8,11 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CPU_MALLOC_ENV, REPO, run_script, train_run
+from conftest import CPU_MALLOC_ENV, REPO, run_script, run_train, train_run
 from model import load_checkpoint
 import runs
 
@@ -66,9 +68,12 @@ def test_smoke_run_learns_and_leaves_a_complete_run_folder(smoke_runs):
     assert summary['best_val_loss'] == pytest.approx(min(val.values()))
     assert summary['tokens_seen'] == 30 * 8 * 128 and summary['tokens_per_s_mean'] > 0
 
-    for name in ('loss', 'lr', 'norms', 'layer_norms'):
+    for name in ('metrics', 'layer_norms'):
         assert (run_dir / 'plots' / f'{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert list(runs.list_checkpoints(run_dir)) == [15, 30]
+    best, best_ckpt = load_checkpoint(runs.best_checkpoint_path(run_dir))
+    assert best_ckpt['iter_num'] == summary['best_val_iter'] and best_ckpt['val_loss'] == pytest.approx(min(val.values()))
+    assert best_ckpt['tokenizer']['name'] == 'gpt2' and config['tokenizer']['vocab_size'] == 50257
     model, ckpt = load_checkpoint(runs.list_checkpoints(run_dir)[30])
     assert ckpt['iter_num'] == 30 and model.config.model_name == 'baseline'
 
@@ -77,7 +82,7 @@ def test_smoke_run_learns_and_leaves_a_complete_run_folder(smoke_runs):
     events.Reload()
     tags = set(events.Tags()['scalars'])
     assert {'loss/train', 'loss/val', 'lr', 'norm/grad', 'norm/weight', 'speed/tokens_per_s',
-            'layer_grad_norm/block_0', 'layer_weight_norm/embed'} <= tags
+            'layer_grad_norm/block_0', 'layer_weight_norm/embed', 'loss/val_bpb', 'speed/ms_per_iter'} <= tags
     assert [e.step for e in events.Scalars('loss/val')] == [0, 10, 20, 30]
     assert events.Scalars('loss/val')[-1].value == pytest.approx(val[30], rel=1e-6)
 
@@ -95,7 +100,32 @@ def test_same_seed_same_batches_different_variant_same_init_loss(smoke_runs):
 
 
 # -----------------------------------------------------------------------------
-# resume, interruption, divergence
+# bits per byte
+
+
+def test_val_bpb_equals_a_direct_computation(small_data, tmp_path):
+    """val_bpb = summed nats of the text tokens / ln 2 / their summed UTF-8 bytes, on the fixed windows."""
+    import numpy as np
+    from prepare import load_bin, load_tokenizer, read_meta
+    run = train_run(small_data, tmp_path, 'bpb', *TINY, '--max_iters=5', '--eval_windows=3')
+    last = rows(run / 'metrics.csv')[-1]
+    model, _ = load_checkpoint(runs.list_checkpoints(run)[5])
+    val = load_bin(small_data, 'small', 'val')
+    lengths = load_tokenizer(read_meta(small_data, 'small').get('tokenizer_info')).token_byte_lengths()
+    nats = nbytes = all_nats = 0.0
+    for start in np.linspace(0, len(val) - 64 - 1, 3).astype(np.int64):
+        window = torch.from_numpy(val[start:start + 65].astype(np.int64))
+        with torch.no_grad():
+            _, loss = model(window[None, :-1], window[None, 1:], reduction='none')
+        target_bytes = torch.from_numpy(lengths[window[1:].numpy()])
+        nats += float((loss[0] * (target_bytes > 0)).sum())
+        nbytes += float(target_bytes.sum())
+        all_nats += float(loss.sum())
+    assert float(last['val_bpb']) == pytest.approx(nats / math.log(2) / nbytes, rel=1e-5)
+    assert float(last['val_loss']) == pytest.approx(all_nats / (3 * 64), rel=1e-5)
+
+# -----------------------------------------------------------------------------
+# resume with one command, interruption, divergence
 
 
 @pytest.fixture(scope='module')
@@ -104,12 +134,13 @@ def straight_run(small_data, tmp_path_factory):
     return train_run(small_data, out, 'straight', *TINY, '--max_iters=40')
 
 
-def test_resume_continues_exactly(small_data, straight_run, tmp_path):
+def test_resume_with_only_the_run_name_continues_exactly(small_data, straight_run, tmp_path):
     run = train_run(small_data, tmp_path, 'split', *TINY, '--max_iters=20')
     assert json.loads((run / 'summary.json').read_text())['status'] == 'completed'
     # what a kill -9 during a later save leaves behind: a partial temporary file, never a checkpoint
     (run / 'checkpoints' / 'ckpt_000025.pt.tmp').write_bytes(b'PK\x03\x04 half a zip')
-    train_run(small_data, tmp_path, 'split', *TINY, '--max_iters=40', '--init_from=resume')
+    result = run_train('--init_from=resume', '--run_name=split', f'--out_dir={tmp_path}', '--max_iters=40')
+    assert result.returncode == 0, result.stderr
     assert exact_columns(run) == exact_columns(straight_run)
     assert [{k: r[k] for k in ('iter', 'layer', 'grad_norm', 'weight_norm')} for r in rows(run / 'layer_norms.csv')] == \
         [{k: r[k] for k in ('iter', 'layer', 'grad_norm', 'weight_norm')} for r in rows(straight_run / 'layer_norms.csv')]
@@ -117,11 +148,27 @@ def test_resume_continues_exactly(small_data, straight_run, tmp_path):
     b, _ = load_checkpoint(runs.list_checkpoints(straight_run)[40])
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     config = json.loads((run / 'config.json').read_text())
-    assert config['resumed_at'] == [20]
+    assert config['resumed_at'] == [20] and config['n_embd'] == 32 and config['max_iters'] == 40
+
+
+def test_raising_max_iters_on_resume_keeps_the_schedule_and_says_so(small_data, tmp_path):
+    common = [a for a in TINY if not a.startswith('--lr_decay_iters')]
+    run = train_run(small_data, tmp_path, 'sched', *common, '--max_iters=20', '--min_lr=2e-4')
+    result = run_train('--init_from=resume', '--run_name=sched', f'--out_dir={tmp_path}', '--max_iters=30')
+    assert result.returncode == 0, result.stderr
+    assert 'max_iters 20 -> 30: the cosine schedule still ends at iteration 20' in result.stdout
+    lrs = {int(r['iter']): float(r['lr']) for r in rows(run / 'metrics.csv')}
+    assert lrs[25] == pytest.approx(2e-4) and lrs[30] == pytest.approx(2e-4) and lrs[20] > 2e-4
+    # settings that change the arithmetic of the steps taken are refused, naming them; nothing changes
+    before = snapshot(run)
+    result = run_train('--init_from=resume', '--run_name=sched', f'--out_dir={tmp_path}', '--max_iters=40',
+                       '--batch_size=8', '--learning_rate=0.5')
+    assert result.returncode == 1 and 'batch_size (checkpoint 4, now 8)' in result.stderr
+    assert 'learning_rate (checkpoint 0.003, now 0.5)' in result.stderr and snapshot(run) == before
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_saves_checkpoint_and_summary_then_resume_matches(small_data, straight_run, tmp_path, sig):
+def test_interrupt_saves_then_the_printed_command_resumes_exactly(small_data, straight_run, tmp_path, sig):
     out = tmp_path / 'out'
     cmd = [sys.executable, str(REPO / 'train.py'), 'config/smoke.py', f'--out_dir={out}', '--run_name=cut',
            f'--data_dir={small_data}', *TINY, '--max_iters=40']
@@ -140,19 +187,19 @@ def test_interrupt_saves_checkpoint_and_summary_then_resume_matches(small_data, 
     assert summary['status'] == 'interrupted' and signal.Signals(sig).name in summary['message']
     stopped_at = summary['iters']
     assert 5 <= stopped_at < 40 and list(runs.list_checkpoints(out / 'cut')) == [stopped_at]
-    assert '--init_from=resume' in stderr
-    train_run(small_data, out, 'cut', *TINY, '--max_iters=40', '--init_from=resume')
+    hint = stderr.strip().splitlines()[-1].split('continue with: ')[1]
+    assert hint == f'python train.py --init_from=resume --run_name=cut --out_dir={out}'
+    result = run_train(*hint.split()[2:])  # exactly as printed, nothing added
+    assert result.returncode == 0, result.stderr
     assert exact_columns(out / 'cut') == exact_columns(straight_run)
     assert json.loads((out / 'cut' / 'summary.json').read_text())['status'] == 'completed'
 
 
-def test_divergence_stops_with_status_and_keeps_good_checkpoints(small_data, tmp_path):
-    proc = run_script(REPO / 'train.py', 'config/smoke.py', f'--out_dir={tmp_path}', '--run_name=boom',
-                      f'--data_dir={small_data}', *TINY, '--max_iters=40', '--log_interval=1',
-                      '--learning_rate=1e9', '--warmup_iters=0', '--grad_clip=0', '--checkpoint_interval=1',
-                      '--keep_checkpoints=0')
-    assert proc.returncode == 1, proc.stderr
-    assert 'diverged' in proc.stderr and 'last good checkpoint' in proc.stderr
+def test_nan_divergence_stops_with_status_and_keeps_good_checkpoints(small_data, tmp_path):
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=boom', f'--data_dir={small_data}',
+                       *TINY, '--max_iters=40', '--log_interval=1', '--learning_rate=1e9', '--warmup_iters=0',
+                       '--grad_clip=0', '--checkpoint_interval=1', '--keep_checkpoints=0')
+    assert result.returncode == 1 and 'diverged' in result.stderr and 'newest good checkpoint' in result.stderr
     summary = json.loads((tmp_path / 'boom' / 'summary.json').read_text())
     assert summary['status'] == 'diverged' and summary['iters'] < 40
     for path in runs.list_checkpoints(tmp_path / 'boom').values():
@@ -160,18 +207,84 @@ def test_divergence_stops_with_status_and_keeps_good_checkpoints(small_data, tmp
         assert all(p.isfinite().all() for p in model.parameters()), path
 
 
+def test_a_finite_loss_spike_is_divergence_and_the_best_checkpoint_survives_rotation(small_data, tmp_path):
+    """lr 1 first lowers the loss, then blows it up to finite values above ln(vocab) + 1: stopped as
+    diverged by the spike rule; keep_checkpoints=1 rotates the numbered ones, ckpt_best.pt (lowest val
+    loss) is kept and named."""
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=spike', f'--data_dir={small_data}',
+                       *TINY, '--max_iters=40', '--log_interval=1', '--eval_interval=1', '--learning_rate=1',
+                       '--warmup_iters=10', '--checkpoint_interval=1', '--keep_checkpoints=1')
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert 'the spike rule' in line and 'newest good checkpoint' in line and 'ckpt_best.pt' in line, line
+    run = tmp_path / 'spike'
+    summary = json.loads((run / 'summary.json').read_text())
+    assert summary['status'] == 'diverged'
+    losses = [float(r['train_loss']) for r in rows(run / 'metrics.csv') if r['train_loss']]
+    assert all(math.isfinite(v) for v in losses)  # it never got to NaN: the rule caught it before
+    best, ckpt = load_checkpoint(runs.best_checkpoint_path(run))
+    assert ckpt['iter_num'] == summary['best_val_iter'] and ckpt['val_loss'] == pytest.approx(summary['best_val_loss'])
+    newest = runs.list_checkpoints(run)
+    assert len(newest) == 1 and str(newest[max(newest)]) in line
+    good, _ = load_checkpoint(newest[max(newest)])
+    assert all(p.isfinite().all() for p in good.parameters())
+
+
+def test_a_killed_run_is_reported_stale_not_running(small_data, tmp_path):
+    cmd = [sys.executable, str(REPO / 'train.py'), 'config/smoke.py', f'--out_dir={tmp_path}', '--run_name=killed',
+           f'--data_dir={small_data}', *TINY, '--max_iters=100000']
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **CPU_MALLOC_ENV), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = tmp_path / 'killed' / 'metrics.csv'
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.02)
+    assert runs.read_run(tmp_path / 'killed')['status'] == 'running'
+    proc.kill()
+    proc.wait()
+    run = runs.read_run(tmp_path / 'killed')
+    assert run['summary']['status'] == 'running' and run['status'] == 'stale'
+
 # -----------------------------------------------------------------------------
-# run folders are never overwritten unless asked
+# a failed start leaves everything as it was
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under folder: 'byte-identical' made checkable."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+BAD_SETTINGS = [['--model_name=gqa_typo'], ['--n_head=5'], ['--device=cuda:7'], ['--tokenizer=bpe_nope'],
+                ['--batch_size=0'], ['--dtype=float8']]
+
+
+def test_a_bad_setting_changes_nothing_with_or_without_overwrite(small_data, tmp_path):
+    train_run(small_data, tmp_path, 'r', *TINY, '--max_iters=5')
+    before = snapshot(tmp_path)
+    for bad in BAD_SETTINGS:
+        for extra in ([], ['--overwrite=True']):
+            for name in ('r', 'new'):
+                result = run_train('config/smoke.py', f'--out_dir={tmp_path}', f'--run_name={name}',
+                                   f'--data_dir={small_data}', *TINY, '--max_iters=5', *bad, *extra)
+                assert result.returncode == 1 and 'Traceback' not in result.stderr, (bad, result.stderr)
+                assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+                # the complete run is untouched, even with --overwrite=True; no stub where there was nothing
+                assert snapshot(tmp_path) == before and not (tmp_path / 'new').exists(), (bad, extra, name)
 
 
 def test_existing_run_folder_is_refused_then_replaced_with_overwrite(small_data, tmp_path):
     run = train_run(small_data, tmp_path, 'r', *TINY, '--max_iters=5')
     marker = run / 'notes.txt'
     marker.write_text('keep me')
-    proc = run_script(REPO / 'train.py', 'config/smoke.py', f'--out_dir={tmp_path}', '--run_name=r',
-                      f'--data_dir={small_data}', *TINY, '--max_iters=5')
-    assert proc.returncode != 0 and 'already exists' in proc.stderr and '--overwrite=True' in proc.stderr
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=r', f'--data_dir={small_data}',
+                       *TINY, '--max_iters=5')
+    assert result.returncode != 0 and 'already exists' in result.stderr and '--overwrite=True' in result.stderr
+    assert f'python train.py --init_from=resume --run_name=r --out_dir={tmp_path}' in result.stderr
     assert marker.read_text() == 'keep me'
+    # a leftover of an old version's failed start (empty folders only) is not a run: it is reused
+    (tmp_path / 'stub' / 'checkpoints').mkdir(parents=True)
+    train_run(small_data, tmp_path, 'stub', *TINY, '--max_iters=5')
     train_run(small_data, tmp_path, 'r', *TINY, '--max_iters=5', '--overwrite=True')
     assert not marker.exists() and json.loads((run / 'summary.json').read_text())['status'] == 'completed'
 
@@ -179,20 +292,76 @@ def test_existing_run_folder_is_refused_then_replaced_with_overwrite(small_data,
 def test_overwrite_never_deletes_a_folder_that_is_not_a_run(small_data, tmp_path):
     (tmp_path / 'precious').mkdir()
     (tmp_path / 'precious' / 'thesis.tex').write_text('x')
-    proc = run_script(REPO / 'train.py', 'config/smoke.py', f'--out_dir={tmp_path}', '--run_name=precious',
-                      f'--data_dir={small_data}', *TINY, '--max_iters=5', '--overwrite=True')
-    assert proc.returncode != 0 and 'not a run folder' in proc.stderr
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=precious', f'--data_dir={small_data}',
+                       *TINY, '--max_iters=5', '--overwrite=True')
+    assert result.returncode != 0 and 'not a run folder' in result.stderr
     assert (tmp_path / 'precious' / 'thesis.tex').exists()
 
 
-def test_resume_without_checkpoint_and_with_other_model_settings_is_refused(small_data, tmp_path):
-    proc = run_script(REPO / 'train.py', 'config/smoke.py', f'--out_dir={tmp_path}', '--run_name=none',
-                      f'--data_dir={small_data}', '--init_from=resume')
-    assert proc.returncode != 0 and 'no checkpoint to resume' in proc.stderr
+def test_resume_without_checkpoint_or_run_name_and_with_other_model_settings_is_refused(small_data, tmp_path):
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=none', f'--data_dir={small_data}',
+                       '--init_from=resume')
+    assert result.returncode != 0 and 'no checkpoint to resume' in result.stderr
+    result = run_train('--init_from=resume')
+    assert result.returncode != 0 and '--init_from=resume needs --run_name' in result.stderr
     train_run(small_data, tmp_path, 'r', *TINY, '--max_iters=5')
-    proc = run_script(REPO / 'train.py', 'config/smoke.py', f'--out_dir={tmp_path}', '--run_name=r',
-                      f'--data_dir={small_data}', *TINY, '--n_embd=64', '--max_iters=10', '--init_from=resume')
-    assert proc.returncode != 0 and 'n_embd (checkpoint 32, now 64)' in proc.stderr
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=r', f'--data_dir={small_data}',
+                       *TINY, '--n_embd=64', '--max_iters=10', '--init_from=resume')
+    assert result.returncode != 0 and 'n_embd (checkpoint 32, now 64)' in result.stderr
+
+
+def test_an_older_run_folder_resumes_with_a_consistent_csv(small_data, tmp_path):
+    """A run written before val_bpb and ms_per_iter existed: its metrics.csv is rewritten with the
+    current header on resume (old rows blank in the new columns), and it still reads."""
+    run = train_run(small_data, tmp_path, 'old', *TINY, '--max_iters=10')
+    old_columns = [c for c in runs.METRIC_COLUMNS if c not in ('val_bpb', 'ms_per_iter')]
+    old_rows = rows(run / 'metrics.csv')
+    with open(run / 'metrics.csv', 'w', newline='') as f:
+        w = csv.DictWriter(f, old_columns, extrasaction='ignore')
+        w.writeheader()
+        w.writerows(old_rows)
+    assert math.isnan(runs.read_metrics(run)['val_bpb'][-1])  # older folders read, with blanks
+    train_run(small_data, tmp_path, 'old', *TINY, '--max_iters=20', '--init_from=resume', config=None)
+    new = rows(run / 'metrics.csv')
+    assert list(new[0]) == runs.METRIC_COLUMNS and [int(r['iter']) for r in new] == [0, 5, 10, 15, 20]
+    assert new[2]['val_bpb'] == '' and new[4]['val_bpb'] != ''
+    assert runs.read_run(run)['status'] == 'completed'
+
+# -----------------------------------------------------------------------------
+# environment errors: one line, a summary that says failed, nothing half-written
+
+
+def test_an_unwritable_out_dir_is_one_line(small_data, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('a file where the out_dir should be')
+    result = run_train('config/smoke.py', f'--out_dir={blocker}/out', f'--data_dir={small_data}', *TINY, '--max_iters=5')
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f'{blocker}/out' in result.stderr and 'cannot write the run folder' in result.stderr
+    if os.geteuid() != 0:  # root writes through permission bits
+        ro = tmp_path / 'ro'
+        ro.mkdir(mode=0o500)
+        result = run_train('config/smoke.py', f'--out_dir={ro}', f'--data_dir={small_data}', *TINY, '--max_iters=5')
+        assert result.returncode == 1 and str(ro) in result.stderr
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_no_tmp_and_says_failed(small_data, tmp_path):
+    """A file size limit stands in for a full disk: the first checkpoint (tens of MB) cannot be written."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))
+    cmd = [sys.executable, str(REPO / 'train.py'), 'config/smoke.py', f'--out_dir={tmp_path}', '--run_name=full',
+           f'--data_dir={small_data}', *TINY, '--max_iters=10', '--checkpoint_interval=5', '--tensorboard=False']
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **CPU_MALLOC_ENV), capture_output=True, text=True,
+                          preexec_fn=limit, timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert '.pt: could not be written (' in line and 'continue with' in line, line
+    run = tmp_path / 'full'
+    assert not list(run.rglob('*.tmp')) and runs.list_checkpoints(run) == {}
+    summary = json.loads((run / 'summary.json').read_text())
+    assert summary['status'] == 'failed' and 'could not be written' in summary['message']
 
 # -----------------------------------------------------------------------------
 # configuration and input errors (these fail before any data is read)
@@ -208,21 +377,27 @@ def test_resume_without_checkpoint_and_with_other_model_settings_is_refused(smal
     (['--init_from=pretrained'], "--init_from='pretrained': expected scratch or resume"),
     (['--dataset_variant=medium'], 'expected small or full'),
 ])
-def test_configuration_errors_are_one_clear_line(args, message):
-    proc = run_script(REPO / 'train.py', *args)
-    assert proc.returncode != 0
-    assert 'Traceback' not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert message in proc.stderr
+def test_configuration_errors_are_one_clear_line(args, message, tmp_path):
+    result = run_train(*args, f'--out_dir={tmp_path}')
+    assert result.returncode != 0
+    assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_user_error_is_one_line_from_the_command_line_too():
+    proc = run_script(REPO / 'train.py', '--max_iter=5')
+    assert proc.returncode == 1 and proc.stderr.strip() == \
+        "train.py: error: --max_iter: unknown setting 'max_iter'; did you mean max_iters or warmup_iters?"
 
 
 def test_config_file_errors_name_the_file(tmp_path):
     bad = tmp_path / 'bad.py'
     bad.write_text("n_layers = 4\n")
-    proc = run_script(REPO / 'train.py', bad)
-    assert proc.returncode != 0 and f"{bad}: unknown setting 'n_layers'; did you mean n_layer" in proc.stderr
+    result = run_train(bad)
+    assert result.returncode != 0 and f"{bad}: unknown setting 'n_layers'; did you mean n_layer" in result.stderr
     bad.write_text("batch_size = '32'\n")
-    proc = run_script(REPO / 'train.py', bad)
-    assert f"{bad}: batch_size='32' has the wrong type: expected int" in proc.stderr
+    result = run_train(bad)
+    assert f"{bad}: batch_size='32' has the wrong type: expected int" in result.stderr
 
 
 def test_flags_win_over_the_config_file_wherever_they_stand(tmp_path):
@@ -236,26 +411,51 @@ def test_flags_win_over_the_config_file_wherever_they_stand(tmp_path):
     assert ns['run_name'] == '123' and ns['n_kv_head'] is None
 
 
-def test_help_lists_the_settings():
-    proc = run_script(REPO / 'train.py', '--help')
-    assert proc.returncode == 0 and '--max_iters' in proc.stdout and 'int' in proc.stdout
+def test_every_gptconfig_field_is_a_typed_setting_with_a_description():
+    """GPTConfig is the one declaration: each field (but the data's vocab_size) is a train.py setting,
+    settable with its type, rejected with another, and described in --help."""
+    from dataclasses import fields
+    from configurator import ConfigError, configure, load_settings
+    from model import GPTConfig
+    settings = load_settings(str(REPO / 'train.py'))
+    samples = {int: ('3', 'x3'), float: ('0.5', 'half'), bool: ('True', 'maybe'), str: ('layernorm', None)}
+    for f in fields(GPTConfig):
+        if f.name == 'vocab_size':
+            assert f.name not in settings['__annotations__']
+            continue
+        assert f.name in settings['__annotations__'] and settings['setting_help'].get(f.name), f.name
+        base = f.type if isinstance(f.type, type) else [t for t in f.type.__args__ if t is not type(None)][0]
+        good, bad = samples[base]
+        ns = dict(settings)
+        configure(ns, [f'--{f.name}={good}'])
+        assert isinstance(ns[f.name], base) and str(ns[f.name]) == good, f.name
+        if bad is not None:
+            with pytest.raises(ConfigError, match=f"--{f.name}: {f.name}='{bad}' has the wrong type"):
+                configure(dict(settings), [f'--{f.name}={bad}'])
+
+
+def test_help_lists_the_settings_with_descriptions():
+    result = run_train('--help')
+    assert result.returncode == 0 and '--max_iters' in result.stdout and 'int' in result.stdout
+    assert any(line.split()[0] == '--n_kv_head' and 'grouped-query' in line for line in result.stdout.splitlines())
+    assert any(line.split()[0] == '--rope_base' and 'default 10000.0' in line for line in result.stdout.splitlines())
 
 
 def test_unknown_model_name_lists_the_variants(small_data, tmp_path):
-    proc = run_script(REPO / 'train.py', 'config/smoke.py', f'--out_dir={tmp_path}', f'--data_dir={small_data}',
-                      '--model_name=transformerxl')
-    assert proc.returncode != 0 and "unknown model_name 'transformerxl'" in proc.stderr and 'gqa' in proc.stderr
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', f'--data_dir={small_data}', '--model_name=transformerxl')
+    assert result.returncode != 0 and "unknown model_name 'transformerxl'" in result.stderr and 'gqa' in result.stderr
 
 
 def test_missing_data_names_the_prepare_command(tmp_path):
-    proc = run_script(REPO / 'train.py', 'config/smoke.py', f'--out_dir={tmp_path}', f'--data_dir={tmp_path}/none')
-    assert proc.returncode != 0 and 'python prepare.py --variant small' in proc.stderr
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', f'--data_dir={tmp_path}/none')
+    assert result.returncode != 0 and 'python prepare.py --variant small' in result.stderr
     assert not (tmp_path / 'smoke').exists()
 
 # -----------------------------------------------------------------------------
 # DDP: two processes (gloo on CPU) follow the single-process curve at the same global batch
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(small_data, tmp_path):
     common = [f'--data_dir={small_data}', f'--out_dir={tmp_path}', *TINY, '--max_iters=10',
               '--gradient_accumulation_steps=2']
@@ -268,7 +468,7 @@ def test_ddp_two_processes_match_one_process(small_data, tmp_path):
     a, b = rows(single / 'metrics.csv'), rows(tmp_path / 'ddp' / 'metrics.csv')
     assert [r['iter'] for r in a] == [r['iter'] for r in b]  # one writer: no duplicated rows
     for ra, rb in zip(a, b):
-        for key in ('train_loss', 'val_loss', 'grad_norm', 'weight_norm'):
+        for key in ('train_loss', 'val_loss', 'val_bpb', 'grad_norm', 'weight_norm'):
             if ra[key]:
                 assert math.isclose(float(ra[key]), float(rb[key]), rel_tol=1e-4), (key, ra, rb)
     config = json.loads((tmp_path / 'ddp' / 'config.json').read_text())
