@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from model import (GPT, MODEL_REGISTRY, CheckpointError, device_peak_flops, load_checkpoint, make_config,
+from model import (GPT, MODEL_REGISTRY, CheckpointError, device_peak_flops, load_checkpoint, make_config, pick_device,
                    save_checkpoint)
 
 VOCAB = 256  # small vocabulary keeps these tests fast; the 50257 default is exercised by train tests
@@ -259,3 +259,39 @@ def test_corrupt_or_foreign_checkpoints_are_refused_with_the_file_named(tmp_path
         load_checkpoint(mismatched)
     with pytest.raises(CheckpointError, match='missing.pt: checkpoint not found'):
         load_checkpoint(tmp_path / 'missing.pt')
+
+
+def test_a_good_checkpoint_for_an_absent_device_is_not_called_corrupt(tmp_path):
+    path = tmp_path / 'good.pt'
+    save_checkpoint(path, tiny())
+    if not torch.cuda.is_available():
+        with pytest.raises(CheckpointError, match=r"good.pt: cannot move the model to device 'cuda'.*--device=cpu") as e:
+            load_checkpoint(path, 'cuda')
+        assert 'corrupt' not in str(e.value)
+
+
+def test_pick_device_names_what_is_missing():
+    assert pick_device('auto') in ('cpu', 'cuda', 'mps') and pick_device('cpu') == 'cpu'
+    with pytest.raises(ValueError, match="device 'tpu': expected auto, cpu, cuda, cuda:N or mps"):
+        pick_device('tpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda:1': no CUDA device is visible here"):
+            pick_device('cuda:1')
+
+
+def test_layer_groups_cover_every_parameter_once_in_depth_order():
+    for name in ('baseline', 'gpt2'):
+        model = tiny(name)
+        groups = model.layer_groups()
+        assert list(groups) == ['embed', 'block_0', 'block_1', 'final_norm']
+        ids = [id(p) for params in groups.values() for p in params]
+        assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_per_token_loss_averages_to_the_mean_loss():
+    model = tiny()
+    idx = torch.randint(0, VOCAB, (3, 20))
+    with torch.no_grad():
+        _, mean = model(idx, idx)
+        _, per_token = model(idx, idx, reduction='none')
+    assert per_token.shape == (3, 20) and per_token.mean().item() == pytest.approx(mean.item(), rel=1e-6)
