@@ -440,15 +440,85 @@ def request_stop(signum, frame):
 signal.signal(signal.SIGINT, request_stop)
 signal.signal(signal.SIGTERM, request_stop)
 
+def log_row(iter_num, dt, eval_step):
+    """A logged step: train loss (mean since the last row), val loss and bits per byte at eval steps,
+    norms, the spike rule, ckpt_best.pt, then one row to the writer. A row describes the model after
+    iter_num steps. Returns (status, message) when the run must stop, else None."""
+    steps = state['loss_steps']
+    if ddp:
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    train_loss = loss_sum.item() / steps if steps else None
+    state['elapsed_s'] += dt
+    val_loss, val_bpb = estimate_val() if eval_step else (None, None)
+    for name, value in (('train', train_loss), ('val', val_loss)):
+        if value is not None and not value <= loss_limit():
+            return 'diverged', (f"{name} loss {value:.4g} at iteration {iter_num} is above {loss_limit():.4g} "
+                                f"(the spike rule): the run diverged")
+    norms = layer_norms(grads=False)[None]
+    if grad_norm is not None:
+        norms = torch.cat([norms, layer_grad_norms[None], grad_norm.reshape(1, 1).expand(1, norms.size(1))])
+    norms = norms.tolist()
+    if train_loss is not None:
+        state['last_train_loss'] = train_loss
+        state['min_train_loss'] = min(state['min_train_loss'], train_loss)
+    if val_loss is not None:
+        state['last_val_loss'], state['last_val_bpb'] = val_loss, val_bpb
+        if val_loss < state['best_val_loss']:
+            state['best_val_loss'], state['best_val_iter'] = val_loss, iter_num
+            if master and save_checkpoints:
+                try:
+                    save_best(iter_num, val_loss)
+                except (OSError, RuntimeError) as e:  # a full disk: see checkpoint() below
+                    return 'failed', write_failure(runs.best_checkpoint_path(run_dir), e)
+    loss_sum.zero_()
+    state['loss_steps'], state['last_row_iter'] = 0, iter_num
+    if master:
+        speed = steps * tokens_per_iter / dt if steps else None
+        row = dict(iter=iter_num, tokens_seen=iter_num * tokens_per_iter, elapsed_s=round(state['elapsed_s'], 3),
+                   lr=get_lr(max(iter_num - 1, 0)), train_loss=train_loss, val_loss=val_loss, val_bpb=val_bpb,
+                   grad_norm=norms[2][0] if grad_norm is not None else None,
+                   weight_norm=math.sqrt(sum(v * v for v in norms[0])), tokens_per_s=speed,
+                   ms_per_iter=1000 * dt / steps if steps else None,
+                   mfu=raw_model.estimate_mfu(speed / world_size, device, peak_flops, block_size) if speed else None)
+        eta_s = (max_iters - iter_num) * dt / steps if steps else None
+        writer.log(row, list(layer_groups), norms[0], norms[1] if grad_norm is not None else None, eta_s)
+        if eval_step or time.time() - writer.last_heartbeat > 60:
+            writer.summary(summary_fields(), 'running')
+    return None
+
+
+def checkpoint(iter_num, stopping):
+    """A numbered checkpoint, unless the loss or the weights are out of bounds: a checkpoint never holds
+    a diverged model. Returns (status, message) when the run must stop, else None."""
+    global wall_start
+    loss_now = loss_sum.clone()
+    if ddp:
+        dist.all_reduce(loss_now, op=dist.ReduceOp.AVG)
+    weights_ok = torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all()  # one sync, not one per tensor
+    if not loss_now.item() / max(state['loss_steps'], 1) <= loss_limit() or not weights_ok.item():
+        return 'diverged', f"loss or weights out of bounds at iteration {iter_num}: the run diverged"
+    if master and (save_checkpoints or stopping):
+        state['iter_num'], state['loss_sum'] = iter_num, loss_sum.item()
+        state['wall_time_s'] += time.time() - wall_start  # the checkpoint carries the total so far
+        wall_start = time.time()
+        try:
+            path = save(iter_num)
+        except (OSError, RuntimeError) as e:  # a full disk: the older checkpoints are intact, no .tmp left
+            return 'failed', write_failure(runs.checkpoint_path(run_dir, iter_num), e)
+        if stopping:
+            print(f"saved {path}")
+    return None
+
 # -----------------------------------------------------------------------------
 # the training loop
+
 
 iter_num = state['iter_num']
 loss_sum = torch.tensor(state['loss_sum'], device=device)  # train loss summed since the last row, on device
 grad_norm = layer_grad_norms = None
 starts = next_iteration_starts()
 x, y = get_batch(train_data, starts[0])
-status, message, good_ckpt = 'completed', None, None
+status, message = 'completed', None
 t0 = time.time()
 while True:
     last = iter_num >= max_iters
@@ -461,75 +531,16 @@ while True:
         dist.all_reduce(flag)
         stopping = flag.item() > 0
     if row_step:
-        # a row describes the model after iter_num steps; train loss is the mean since the last row
-        steps = state['loss_steps']
-        if ddp:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        train_loss = loss_sum.item() / steps if steps else None
-        dt = time.time() - t0  # training time only: evaluation below is not counted
-        state['elapsed_s'] += dt
-        if train_loss is not None and not train_loss <= loss_limit():
-            status, message = 'diverged', (f"train loss {train_loss:.4g} at iteration {iter_num} is above "
-                                           f"{loss_limit():.4g} (the spike rule): the run diverged")
-            break
-        speed = steps * tokens_per_iter / dt if steps else None
-        val_loss, val_bpb = estimate_val() if eval_step else (None, None)
-        if val_loss is not None and not val_loss <= loss_limit():
-            status, message = 'diverged', (f"val loss {val_loss:.4g} at iteration {iter_num} is above "
-                                           f"{loss_limit():.4g} (the spike rule): the run diverged")
-            break
-        norms = layer_norms(grads=False)[None]
-        if grad_norm is not None:
-            norms = torch.cat([norms, layer_grad_norms[None], grad_norm.reshape(1, 1).expand(1, norms.size(1))])
-        norms = norms.tolist()
-        if train_loss is not None:
-            state['last_train_loss'] = train_loss
-            state['min_train_loss'] = min(state['min_train_loss'], train_loss)
-        if val_loss is not None:
-            state['last_val_loss'], state['last_val_bpb'] = val_loss, val_bpb
-            if val_loss < state['best_val_loss']:
-                state['best_val_loss'], state['best_val_iter'] = val_loss, iter_num
-                if master and save_checkpoints:
-                    try:
-                        save_best(iter_num, val_loss)
-                    except (OSError, RuntimeError) as e:  # a full disk: see save() below
-                        status, message = 'failed', write_failure(runs.best_checkpoint_path(run_dir), e)
-                        break
-        loss_sum.zero_()
-        state['loss_steps'], state['last_row_iter'] = 0, iter_num
-        if master:
-            row = dict(iter=iter_num, tokens_seen=iter_num * tokens_per_iter, elapsed_s=round(state['elapsed_s'], 3),
-                       lr=get_lr(max(iter_num - 1, 0)), train_loss=train_loss, val_loss=val_loss, val_bpb=val_bpb,
-                       grad_norm=norms[2][0] if grad_norm is not None else None,
-                       weight_norm=math.sqrt(sum(v * v for v in norms[0])), tokens_per_s=speed,
-                       ms_per_iter=1000 * dt / steps if steps else None,
-                       mfu=raw_model.estimate_mfu(speed / world_size, device, peak_flops, block_size) if speed else None)
-            eta_s = (max_iters - iter_num) * dt / steps if steps else None
-            writer.log(row, list(layer_groups), norms[0], norms[1] if grad_norm is not None else None, eta_s)
-            if eval_step or time.time() - writer.last_heartbeat > 60:
-                writer.summary(summary_fields(), 'running')
+        stop = log_row(iter_num, time.time() - t0, eval_step)  # the time since t0 is training time only
         t0 = time.time()
-    if ckpt_step or stopping:
-        finite = loss_sum.clone()
-        if ddp:
-            dist.all_reduce(finite)
-        weights_ok = torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all()  # one sync, not one per tensor
-        steps = max(state['loss_steps'], 1)
-        if not finite.item() / steps <= loss_limit() or not weights_ok.item():
-            # never let a checkpoint hold a diverged model
-            status, message = 'diverged', f"loss or weights out of bounds at iteration {iter_num}: the run diverged"
+        if stop:
+            status, message = stop
             break
-        if master and (save_checkpoints or stopping):
-            state['iter_num'], state['loss_sum'] = iter_num, loss_sum.item()
-            state['wall_time_s'] += time.time() - wall_start  # the checkpoint carries the total so far
-            wall_start = time.time()
-            try:
-                good_ckpt = save(iter_num)
-            except (OSError, RuntimeError) as e:  # a full disk: the older checkpoints are intact, no .tmp left
-                status, message = 'failed', write_failure(runs.checkpoint_path(run_dir, iter_num), e)
-                break
-            if stopping:
-                print(f"saved {good_ckpt}")
+    if ckpt_step or stopping:
+        stop = checkpoint(iter_num, stopping)
+        if stop:
+            status, message = stop
+            break
     if last:
         break
     if stopping:

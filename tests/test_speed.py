@@ -33,6 +33,7 @@ def twin_models(name='baseline', **kw):
     return a, b
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     eager, compiled = twin_models('gqa', n_kv_head=2)
     plain = train_losses(eager, eager.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu'))
@@ -58,6 +59,7 @@ def test_sdpa_matches_math_attention_when_training():
     assert fast == pytest.approx(plain, rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_training_benchmark_runs_on_cpu(tmp_path):
     out = tmp_path / 'bench.json'
     proc = run_script(REPO / 'bench' / 'bench_train.py', '--device=cpu', '--shapes=tiny', '--loop_shape=tiny',

@@ -437,8 +437,8 @@ def test_every_gptconfig_field_is_a_typed_setting_with_a_description():
 def test_help_lists_the_settings_with_descriptions():
     result = run_train('--help')
     assert result.returncode == 0 and '--max_iters' in result.stdout and 'int' in result.stdout
-    assert any(line.split()[0] == '--n_kv_head' and 'grouped-query' in line for line in result.stdout.splitlines())
-    assert any(line.split()[0] == '--rope_base' and 'default 10000.0' in line for line in result.stdout.splitlines())
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip().startswith('--')}
+    assert 'grouped-query' in lines['--n_kv_head'] and 'default 10000.0' in lines['--rope_base']
 
 
 def test_unknown_model_name_lists_the_variants(small_data, tmp_path):
