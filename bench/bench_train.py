@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import ConfigError, configure  # noqa: E402
-from model import GPT, make_config  # noqa: E402
+from model import GPT, make_config, pick_device  # noqa: E402
 
 SHAPES = {  # n_layer, n_head, n_embd, block_size T, batch_size B
     'gpt2_124m': (12, 12, 768, 1024, 16),
@@ -53,7 +53,10 @@ try:
 except ConfigError as e:
     sys.exit(f"bench_train.py: error: {e}")
 
-device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
+try:
+    device = pick_device(device)
+except ValueError as e:
+    sys.exit(f"bench_train.py: error: {e}")
 device_type = torch.device(device).type
 dtype = ('bfloat16' if device_type == 'cuda' else 'float32') if dtype == 'auto' else dtype
 compile = device_type == 'cuda' if compile is None else compile
