@@ -1,24 +1,33 @@
 """
-Compare training runs: overlay their curves, table them, and say which differences from the
-baseline are beyond seed noise.
+Compare training runs: is a variant better than the baseline, beyond seed noise, at equal tokens?
 
     python compare.py out                                   # every run in out/ -> comparisons/
-    python compare.py out --x tokens                        # curves against tokens seen (equal data)
+    python compare.py out --x tokens                        # curves against tokens seen
     python compare.py out --runs 'gqa_*' 'baseline_*' --report_dir comparisons/gqa
-    python compare.py out --baseline 'baseline_*'           # which seed group the others are compared to
+    python compare.py out --baseline 'baseline_*'           # the seed group the others are compared to
+    python compare.py out --metric val_bpb                  # judge on bits per byte instead of val loss
+    python compare.py out/lr_sweep --tune learning_rate     # also: each variant at its own best learning rate
 
-A run is a folder under the runs dir with config.json and metrics.csv (train.py writes them; runs.py
-reads them). Writes into --report_dir:
-    summary_table.csv / .md   one row per run: size, tokens, final and best val loss, speed, status
-    groups.csv / .md          seed groups: n, mean and std of final val loss, difference from the
-                              baseline group with a 95% Welch t-interval, "within noise" when it holds 0
-    loss.png lr.png grad_norm.png weight_norm.png tokens_per_s.png layer_norms.png
-    report.html               all of the above on one self-contained page (images embedded)
+A run is a folder with config.json and metrics.csv (train.py writes them, runs.py reads them). Runs
+whose settings differ only in the seed (runs.seed_groups) form a seed group. Writes into --report_dir:
+    summary_table.csv / .md   one row per run: status, size, tokens, final and best val loss, bpb, speed
+    groups.csv / .md          per seed group: mean and std of the final values, and the difference from
+                              the baseline group with its 95% interval, p-value and verdict
+    tuned.csv / .md, tuned.png   with --tune: each variant at its own best value of the tuned keys
+    *.png                     curves per seed group (mean, min-max band, runs), zoom, difference panel
+    report.html               all of it on one self-contained page, with stories from each group
 
-Seed groups: runs whose config.json is identical once the keys in SEED_GROUP_IGNORED_KEYS are
-removed are replicates of one experiment, differing only in the seed. Each run is compared at its
-final val loss (the last val_loss in metrics.csv); runs still going, interrupted, diverged or without
-summary.json are shown and labelled, and a folder that cannot be read is named on stderr and skipped.
+How a difference is judged (--metric, default val_loss):
+- at equal tokens: the largest token count every run of both groups reached with a value (np.interp
+  between eval points where their cadences differ); the final-value columns are kept beside it.
+- paired by seed where >= 2 seeds pair up (same seed = same batches in train.py): the mean of the
+  per-seed differences with a paired t-interval; otherwise Welch's t-interval; one run against a
+  replicated group: that group's seed spread is taken as the noise of both (said in the table).
+- Holm-Bonferroni across all the groups compared in one report: the verdict is adjusted, the 95%
+  interval beside it is not (so ten variants do not produce a winner by chance).
+- Runs on different tokenizers are compared on val_bpb (bits per byte) only, and the report says so.
+Diverged runs are shown and left out of the statistics; a folder that cannot be read is named on
+stderr and skipped.
 """
 import argparse
 import base64
@@ -26,106 +35,145 @@ import csv
 import fnmatch
 import html
 import io
-import json
 import math
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
-from runs import (DERIVED_KEYS, EXPECTED_TO_DIFFER, SEED_GROUP_IGNORED_KEYS, RunError, atomic_write_bytes,
-                  atomic_write_text, find_runs, group_key, read_layer_norms, read_run, seed_groups, _flatten, _short)
+from runs import (EXPECTED_TO_DIFFER, METRIC, METRICS, SEED_GROUP_IGNORED_KEYS, STATUSES, RunError, _short,
+                  add_run_args, atomic_write_bytes, atomic_write_text, find_runs, read_layer_norms, read_run,
+                  resolve_checkpoint, seed_groups)
 
-X_AXES = {'iter': ('iter', 'iteration'), 'tokens': ('tokens_seen', 'tokens seen'),
-          'time': ('elapsed_s', 'training seconds (evaluation excluded)')}
+X_AXES = {'iter': 'iter', 'tokens': 'tokens_seen', 'time': 'elapsed_s'}  # --x: the metrics column on x
+JUDGED = ['val_loss', 'val_bpb']  # what --metric may judge on
 STATUS_LABELS = {'completed': 'completed', 'running': 'running (in progress)', 'interrupted': 'interrupted',
-                 'diverged': 'diverged', 'unknown': 'unknown (no summary.json)'}
+                 'diverged': 'diverged', 'failed': 'failed', 'stale': 'stale (process gone; resume it)',
+                 'unknown': 'unknown (no summary.json)'}
+assert set(STATUS_LABELS) == set(STATUSES)
 CONFIDENCE = 0.95
 WITHIN_NOISE = 'within noise'
 NO_NOISE_ESTIMATE = 'n=1: no seed noise estimate'
+STORY_TOKENS, STORY_TEMPERATURE, STORY_TOP_K, STORY_SEED = 120, 0.8, 200, 1
 
-RUN_COLUMNS = ['run', 'model_name', 'group', 'seed', 'status', 'n_params', 'iters', 'tokens_seen',
-               'final_val_loss', 'final_val_tokens', 'best_val_loss', 'best_val_iter', 'final_train_loss',
-               'wall_time_s', 'train_time_s', 'tokens_per_s', 'mfu']
+RUN_COLUMNS = ['run', 'model_name', 'group', 'seed', 'status', 'tokenizer', 'n_params', 'iters',
+               'tokens_seen', 'final_val_loss', 'final_val_bpb', 'final_val_tokens', 'best_val_loss',
+               'best_val_iter', 'final_train_loss', 'wall_time_s', 'train_time_s', 'tokens_per_s', 'mfu']
+STAT_COLUMNS = ['metric', 'at_tokens', 'diff_vs_baseline', 'ci95_low', 'ci95_high', 'df', 'method', 'p_value',
+                'p_holm', 'verdict']
 GROUP_COLUMNS = ['group', 'model_name', 'runs', 'n', 'mean_final_val_loss', 'std_final_val_loss',
-                 'diff_vs_baseline', 'ci95_low', 'ci95_high', 'welch_df', 'verdict', 'notes']
+                 'mean_final_val_bpb', 'std_final_val_bpb'] + STAT_COLUMNS + ['notes']
+TUNED_COLUMNS = ['variant', 'best_value', 'values_tried'] + GROUP_COLUMNS
+# headers of the human tables (markdown, html) where the column name alone would not say enough
+HEADERS = {'ci95_low': 'ci95_low (unadjusted)', 'ci95_high': 'ci95_high (unadjusted)',
+           'p_holm': 'p (Holm-adjusted)', 'verdict': 'verdict (Holm-adjusted)'}
+
+
+def fail(message):
+    sys.exit(f'compare.py: error: {message}')
+
+
+def label(column):
+    """Axis label with its unit, from runs.METRICS."""
+    return METRIC[column].label if column in METRIC else column
 
 # -----------------------------------------------------------------------------
-# Student t quantiles (no scipy): the t CDF is a regularized incomplete beta function
+# statistics: a difference, its Student-t interval and p-value, and the Holm adjustment
 
 
-def _beta_continued_fraction(a, b, x):
-    """Continued fraction of I_x(a, b), evaluated with the modified Lentz method."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 1000):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a, b, x):
-    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side; use symmetry otherwise
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
-
-
-def t_cdf(t, df):
-    """P(T <= t) for Student's t with df (> 0, not necessarily whole) degrees of freedom."""
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_quantile(p, df):
-    """The t with P(T <= t) = p, by bisection on t_cdf (monotone), to ~1e-12."""
-    if not 0.0 < p < 1.0 or not df > 0:
-        raise ValueError(f"t_quantile: need 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
-def welch_interval(values, baseline_values, confidence=CONFIDENCE):
-    """mean(values) - mean(baseline_values) with Welch's t-interval (unequal variances).
-    Returns (diff, low, high, df); low/high/df are None when either side has fewer than 2 runs."""
-    a, b = np.asarray(values, dtype=float), np.asarray(baseline_values, dtype=float)
-    diff = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
-        return diff, None, None, None
-    va, vb = float(a.var(ddof=1)) / len(a), float(b.var(ddof=1)) / len(b)  # squared standard errors of the means
-    se = math.sqrt(va + vb)
+def t_interval(diff, se, df, method):
+    """diff with its CONFIDENCE t-interval (standard error se, df degrees of freedom) and the two-sided
+    p-value of 'no difference'."""
+    diff = float(diff)
     if se == 0.0:  # every replicate identical: no spread to scale an interval with
-        return diff, diff, diff, None
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch-Satterthwaite
-    half = t_quantile(0.5 + confidence / 2.0, df) * se
-    return diff, diff - half, diff + half, df
+        return dict(diff=diff, low=diff, high=diff, df=None, p=float(diff == 0.0), method=method)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
+    return dict(diff=diff, low=diff - half, high=diff + half, df=float(df),
+                p=float(2 * stats.t.sf(abs(diff) / se, df)), method=method)
+
+
+def welch_interval(values, base_values):
+    """mean(values) - mean(base_values), unequal variances (Welch-Satterthwaite df); >= 2 runs a side."""
+    a, b = np.asarray(values, dtype=float), np.asarray(base_values, dtype=float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)  # squared standard errors of the means
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else None
+    return t_interval(a.mean() - b.mean(), math.sqrt(va + vb), df, f'Welch (n={len(a)} vs {len(b)})')
+
+
+def paired_interval(values, base_values, seeds):
+    """Mean of the per-seed differences: the seed's share of the noise (batch order, init) cancels."""
+    d = np.asarray(values, dtype=float) - np.asarray(base_values, dtype=float)
+    return t_interval(d.mean(), d.std(ddof=1) / math.sqrt(len(d)), len(d) - 1,
+                      f"paired by seed ({', '.join(map(str, seeds))})")
+
+
+def single_run_interval(value, base_values, spread_of='baseline'):
+    """One run against a replicated group, assuming the run's seed noise equals the group's:
+    Var(x - mean(b)) = s_b^2 (1 + 1/n_b), on n_b - 1 degrees of freedom."""
+    b = np.asarray(base_values, dtype=float)
+    return t_interval(value - b.mean(), b.std(ddof=1) * math.sqrt(1 + 1 / len(b)), len(b) - 1,
+                      f'n=1; assumes the {spread_of} seed spread (n={len(b)})')
+
+
+def holm(p_values):
+    """Holm-Bonferroni adjusted p-values, in the given order: the k-th smallest (k from 0) times
+    (m - k), never below the one before it, at most 1."""
+    adjusted, running = [None] * len(p_values), 0.0
+    for k, i in enumerate(np.argsort(p_values, kind='stable')):
+        running = max(running, min(1.0, (len(p_values) - k) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def usable(run):
+    """Diverged runs are shown but left out of every statistic."""
+    return run['status'] != 'diverged'
+
+
+def curve(run, key, x_key='tokens_seen'):
+    """(x, y) of a run's metric where both are logged (older runs have no val_bpb: empty)."""
+    m = run['metrics']
+    x = np.asarray(m[x_key], dtype=float)
+    y = np.asarray(m.get(key, [math.nan] * len(x)), dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    return x[ok], y[ok]
+
+
+def compare_groups(group, baseline, metric):
+    """group minus baseline in `metric` at the largest token count every usable run of both reached,
+    paired by seed where >= 2 seeds pair up, else Welch, else one run against the other side's spread.
+    dict(at_tokens, diff, low, high, df, p, method), or None where a side has no value."""
+    sides = []
+    for g in (group, baseline):
+        curves = [(r['config'].get('seed'), *curve(r, metric)) for r in g['runs'] if usable(r)]
+        sides.append([c for c in curves if len(c[1])])
+    if not all(sides):
+        return None
+    tokens = min(x[-1] for side in sides for _, x, _ in side)
+    # left=nan: a run whose first value comes after `tokens` has none there
+    g, b = ([(seed, float(np.interp(tokens, x, y, left=np.nan))) for seed, x, y in side] for side in sides)
+    g, b = [sv for sv in g if not math.isnan(sv[1])], [sv for sv in b if not math.isnan(sv[1])]
+    g_seeds, b_seeds = [s for s, _ in g], [s for s, _ in b]
+    pairs = [s for s in g_seeds if s is not None and g_seeds.count(s) == 1 and b_seeds.count(s) == 1]
+    g_values, b_values = [v for _, v in g], [v for _, v in b]
+    if len(pairs) >= 2:
+        g_by, b_by = dict(g), dict(b)
+        result = paired_interval([g_by[s] for s in pairs], [b_by[s] for s in pairs], pairs)
+    elif len(g) >= 2 and len(b) >= 2:
+        result = welch_interval(g_values, b_values)
+    elif len(g) == 1 and len(b) >= 2:
+        result = single_run_interval(g_values[0], b_values)
+    elif len(b) == 1 and len(g) >= 2:  # the mirror image: a one-run baseline, the group's spread
+        r = single_run_interval(b_values[0], g_values, spread_of="group's")
+        result = dict(r, diff=-r['diff'], low=-r['high'], high=-r['low'])
+    elif g and b:
+        result = dict(diff=float(np.mean(g_values) - np.mean(b_values)), low=None, high=None, df=None, p=None,
+                      method=NO_NOISE_ESTIMATE)
+    else:
+        return None
+    return dict(result, at_tokens=int(tokens))
 
 # -----------------------------------------------------------------------------
 # loading runs and their per-run numbers
@@ -143,50 +191,56 @@ def load_runs(paths):
     return loaded, skipped
 
 
-def _present(values):
-    """(index, value) of the logged (non-blank) entries of a metrics column."""
-    return [(i, v) for i, v in enumerate(values) if not math.isnan(v)]
-
-
-def steady(m, key, resumed_at):
-    """Logged values of a speed column without the first interval after the start and after each resume:
-    it includes compilation and warm-up (train.py's tokens_per_s_mean leaves it out too). All of them
-    where nothing else is left."""
-    logged = _present(m[key])
-    first = {next((i for i, _ in logged if m['iter'][i] > start), None) for start in [-1, *resumed_at]}
-    return [v for i, v in logged if i not in first] or [v for _, v in logged]
+def tokenizer_name(config):
+    """The tokenizer a run was trained on: config['tokenizer'] is its info dict (older runs: GPT-2)."""
+    info = config.get('tokenizer')
+    if isinstance(info, dict):
+        return str(info.get('name') or 'gpt2')
+    return str(info or 'gpt2')
 
 
 def run_numbers(run):
-    """One summary-table row for a run, every number taken from its metrics.csv (blank where missing)."""
+    """One summary-table row for a run, from its metrics.csv and summary.json (None where missing)."""
     m, config, summary = run['metrics'], run['config'], run['summary']
     last = lambda key: m[key][-1] if m['iter'] and not math.isnan(m[key][-1]) else None
-    vals = _present(m['val_loss'])
-    best = min(vals, key=lambda iv: iv[1]) if vals else None
-    trains = _present(m['train_loss'])
-    speeds = steady(m, 'tokens_per_s', config.get('resumed_at') or [])
-    mfus = steady(m, 'mfu', config.get('resumed_at') or [])
+    tokens, vals = curve(run, 'val_loss')
+    bpbs = curve(run, 'val_bpb')[1]
+    best = int(np.argmin(vals)) if len(vals) else None
+    trains = curve(run, 'train_loss')[1]
+    iters, tokens_seen = last('iter'), last('tokens_seen')
+    # an interrupted run saved a checkpoint after its last metrics row: summary.json has that iteration
+    if isinstance(summary.get('iters'), int) and (iters is None or summary['iters'] > iters):
+        iters, tokens_seen = summary['iters'], summary.get('tokens_seen', tokens_seen)
+    # mean speed = total tokens / total training time, both from the same (last timed) row
+    timed = [i for i in range(len(m['iter'])) if m['elapsed_s'][i] > 0 and math.isfinite(m['tokens_seen'][i])]
+    tokens_per_s = m['tokens_seen'][timed[-1]] / m['elapsed_s'][timed[-1]] if timed else None
+    # MFU weighted by each interval's time, so it averages like tokens/s does
+    dt = np.diff(np.asarray(m['elapsed_s'], dtype=float), prepend=0.0)
+    mfu = np.asarray(m['mfu'], dtype=float)
+    ok = np.isfinite(mfu) & np.isfinite(dt) & (dt > 0)
     n_params = config.get('n_params', summary.get('n_params'))
+    wall = summary.get('wall_time_s')
     return dict(
         run=run['name'], model_name=config.get('model_name', summary.get('model_name', '')),
         seed=config.get('seed', summary.get('seed', '')), status=run['status'],
+        tokenizer=tokenizer_name(config),
         n_params=int(n_params) if isinstance(n_params, (int, float)) else None,
-        iters=int(last('iter')) if last('iter') is not None else None,
-        tokens_seen=int(last('tokens_seen')) if last('tokens_seen') is not None else None,
-        final_val_loss=vals[-1][1] if vals else None,
-        final_val_tokens=int(m['tokens_seen'][vals[-1][0]]) if vals else None,
-        best_val_loss=best[1] if best else None,
-        best_val_iter=int(m['iter'][best[0]]) if best else None,
-        final_train_loss=trains[-1][1] if trains else None,
+        iters=int(iters) if iters is not None else None,
+        tokens_seen=int(tokens_seen) if tokens_seen is not None else None,
+        final_val_loss=float(vals[-1]) if len(vals) else None,
+        final_val_bpb=float(bpbs[-1]) if len(bpbs) else None,
+        final_val_tokens=int(tokens[-1]) if len(vals) else None,
+        best_val_loss=float(vals[best]) if best is not None else None,
+        best_val_iter=int(curve(run, 'val_loss', 'iter')[0][best]) if best is not None else None,
+        final_train_loss=float(trains[-1]) if len(trains) else None,
         # wall clock (evaluation included) from summary.json; a run that never wrote one: training time
-        wall_time_s=summary.get('wall_time_s') if isinstance(summary.get('wall_time_s'), (int, float)) else last('elapsed_s'),
-        train_time_s=last('elapsed_s'),
-        tokens_per_s=float(np.mean(speeds)) if speeds else None,
-        mfu=float(np.mean(mfus)) if mfus else None,
+        wall_time_s=wall if isinstance(wall, (int, float)) else last('elapsed_s'),
+        train_time_s=last('elapsed_s'), tokens_per_s=tokens_per_s,
+        mfu=float((mfu[ok] * dt[ok]).sum() / dt[ok].sum()) if ok.any() else None,
     )
 
 # -----------------------------------------------------------------------------
-# seed groups and the baseline
+# seed groups, the baseline, and the tables of differences
 
 
 def pick_baseline(groups, pattern):
@@ -197,10 +251,10 @@ def pick_baseline(groups, pattern):
                 or any(fnmatch.fnmatchcase(r['name'], pattern) for r in g['runs'])]
         if not hits:
             names = ', '.join(r['name'] for g in groups for r in g['runs'])
-            raise SystemExit(f"compare.py: --baseline {pattern!r} matches no run or group (runs: {names})")
+            fail(f"--baseline {pattern!r} matches no run or group (runs: {names})")
         if len(hits) > 1:
-            raise SystemExit(f"compare.py: --baseline {pattern!r} matches runs in {len(hits)} groups "
-                             f"({'; '.join(g['label'] for g in hits)}): name runs of one group")
+            fail(f"--baseline {pattern!r} matches runs in {len(hits)} groups "
+                 f"({'; '.join(g['label'] for g in hits)}): name runs of one group")
         return hits[0], f'--baseline {pattern}'
     named = [g for g in groups if g['model_name'] == 'baseline']
     if len(named) == 1:
@@ -209,10 +263,20 @@ def pick_baseline(groups, pattern):
     return groups[0], f'{why}; took the first group (choose with --baseline)'
 
 
-def group_values(group, rows):
-    """Final val losses used for a group's statistics: finite ones of runs that did not diverge."""
-    return [rows[r['name']]['final_val_loss'] for r in group['runs'] if r['status'] != 'diverged'
-            and rows[r['name']]['final_val_loss'] is not None and math.isfinite(rows[r['name']]['final_val_loss'])]
+def judged_metric(groups, metric):
+    """--metric, unless the groups span tokenizers: a loss per token then means different things, and
+    only bits per byte compares them. Returns (metric, note or None)."""
+    names = sorted({tokenizer_name(r['config']) for g in groups for r in g['runs']})
+    if len(names) < 2:
+        return metric, None
+    return 'val_bpb', (f"the runs use different tokenizers ({', '.join(names)}): judged on val_bpb (bits per "
+                       f"byte) only, since a loss per token is not comparable across tokenizers")
+
+
+def final_values(group, rows, column):
+    """Final values of a column (final_val_loss, ...) of the group's usable runs that have one."""
+    values = [rows[r['name']][column] for r in group['runs'] if usable(r)]
+    return [v for v in values if v is not None]
 
 
 def group_notes(group, rows):
@@ -227,7 +291,7 @@ def group_notes(group, rows):
     tokens = {rows[r['name']]['final_val_tokens'] for r in group['runs']
               if rows[r['name']]['final_val_tokens'] is not None}
     if len(tokens) > 1:
-        notes.append(f'final val loss at {min(tokens):,}..{max(tokens):,} tokens')
+        notes.append(f'final values at {min(tokens):,}..{max(tokens):,} tokens')
     seeds = [r['config'].get('seed') for r in group['runs']]
     repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
     if repeated:
@@ -240,47 +304,99 @@ def group_notes(group, rows):
     return '; '.join(notes)
 
 
-def group_table(groups, baseline, rows):
-    """One row per group (baseline first): n, mean/std of final val loss, difference from the baseline."""
-    base_values = group_values(baseline, rows)
+def verdict(row):
+    metric, diff = row['metric'], row['diff_vs_baseline']
+    if diff is None:
+        return f'no {metric} yet'
+    at = f" at {row['at_tokens']:,} tokens"
+    if row['p_value'] is None:
+        return NO_NOISE_ESTIMATE + at
+    direction = f"{'lower' if diff < 0 else 'higher'} {metric} than baseline"
+    if row['p_holm'] < 1 - CONFIDENCE:
+        return f'{direction}, beyond noise' + at
+    if row['p_value'] < 1 - CONFIDENCE:
+        return f'{WITHIN_NOISE} after Holm adjustment (unadjusted: {direction})' + at
+    return WITHIN_NOISE + at
+
+
+def group_table(groups, baseline, rows, metric):
+    """One row per group (baseline first): final values, and the difference from the baseline in
+    `metric` at equal tokens with its interval; verdicts Holm-adjusted across all rows."""
     table = []
     for group in [baseline] + [g for g in groups if g is not baseline]:
-        values = group_values(group, rows)
         row = dict(group=group['label'], model_name=group['model_name'],
-                   runs=' '.join(r['name'] for r in group['runs']), n=len(values),
-                   mean_final_val_loss=float(np.mean(values)) if values else None,
-                   std_final_val_loss=float(np.std(values, ddof=1)) if len(values) >= 2 else None,
-                   diff_vs_baseline=None, ci95_low=None, ci95_high=None, welch_df=None,
-                   notes=group_notes(group, rows))
-        if group is baseline:
-            row['verdict'] = 'baseline'
-        elif not values or not base_values:
-            row['verdict'] = 'no val loss yet'
-        else:
-            diff, low, high, df = welch_interval(values, base_values)
-            row.update(diff_vs_baseline=diff, ci95_low=low, ci95_high=high, welch_df=df)
-            if low is None:
-                row['verdict'] = NO_NOISE_ESTIMATE
-            elif low <= 0.0 <= high:
-                row['verdict'] = WITHIN_NOISE
-            else:
-                row['verdict'] = f"{'lower' if diff < 0 else 'higher'} loss than baseline, beyond noise"
+                   runs=' '.join(r['name'] for r in group['runs']), metric=metric,
+                   n=len(final_values(group, rows, f'final_{metric}')), notes=group_notes(group, rows))
+        for column in ('val_loss', 'val_bpb'):
+            values = final_values(group, rows, f'final_{column}')
+            row[f'mean_final_{column}'] = float(np.mean(values)) if values else None
+            row[f'std_final_{column}'] = float(np.std(values, ddof=1)) if len(values) >= 2 else None
+        result = compare_groups(group, baseline, metric) if group is not baseline else None
+        result = result or {}
+        row.update(at_tokens=result.get('at_tokens'), diff_vs_baseline=result.get('diff'),
+                   ci95_low=result.get('low'), ci95_high=result.get('high'), df=result.get('df'),
+                   method=result.get('method'), p_value=result.get('p'), p_holm=None)
         table.append(row)
+    tested = [row for row in table if row['p_value'] is not None]
+    for row, p in zip(tested, holm([row['p_value'] for row in tested])):
+        row['p_holm'] = p
+    for row in table:
+        row['verdict'] = 'baseline' if row is table[0] else verdict(row)
     return table
 
 
+def tuned_table(loaded, groups, baseline, rows, metric, keys):
+    """Each variant (runs alike but for the tuned keys and the seed) at its own best value of the keys:
+    the seed group with the lowest mean final metric, compared with the baseline variant at its own
+    best. Returns (table, variants): variants = [(label, [(value, group), ...], best group)]."""
+    for key in keys:
+        if key in SEED_GROUP_IGNORED_KEYS:
+            fail(f"--tune {key}: {key} does not split seed groups ({SEED_GROUP_IGNORED_KEYS[key]}); "
+                 f"tune a training setting such as learning_rate")
+        if not any(key in r['config'] for r in loaded):
+            keys_there = ', '.join(sorted(loaded[0]['config']))
+            fail(f"--tune {key}: no run's config.json has {key} (keys: {keys_there})")
+    stripped = [dict(r, config={k: v for k, v in r['config'].items() if k not in keys}) for r in loaded]
+    value = lambda g: ', '.join(f"{k}={_short(g['runs'][0]['config'].get(k))}" for k in keys)
+    mean_final = lambda g: np.mean(final_values(g, rows, f'final_{metric}') or [math.inf])
+    variants = []
+    for variant in seed_groups(stripped):
+        names = {r['name'] for r in variant['runs']}
+        members = [g for g in groups if g['runs'][0]['name'] in names]
+        members.sort(key=lambda g: [_sort_key(g['runs'][0]['config'].get(k)) for k in keys])
+        variants.append((variant['label'], [(value(g), g) for g in members], min(members, key=mean_final)))
+    base = next(i for i, (_, members, _) in enumerate(variants) if any(g is baseline for _, g in members))
+    variants.insert(0, variants.pop(base))
+    table = group_table([best for _, _, best in variants], variants[0][2], rows, metric)
+    for row, (name, members, best) in zip(table, variants):
+        tried = [v for v, _ in members]
+        edge = len(tried) > 2 and best in (members[0][1], members[-1][1])
+        notes = ['best at the edge of the values tried: the optimum may lie beyond'] if edge else []
+        if len(tried) == 1:
+            notes.append('one value tried')
+        row.update(variant=name, best_value=value(best), values_tried='; '.join(tried),
+                   notes='; '.join(notes + ([row['notes']] if row['notes'] else [])))
+    return table, variants
+
+
+def _sort_key(v):
+    return (0, v, '') if isinstance(v, (int, float)) else (1, 0, _short(v))
+
+
 def token_warnings(rows):
-    """Differences at unequal training are not comparisons of the architectures alone: say so."""
+    """Final values at unequal training mix architecture and amount of training: say so."""
     measured = {n: row['final_val_tokens'] for n, row in rows.items()
                 if row['status'] != 'diverged' and row['final_val_tokens'] is not None}
     warnings = []
     if len(set(measured.values())) > 1:
         per_run = ', '.join(f'{n} {tokens:,}' for n, tokens in measured.items())
-        warnings.append(f'final val losses were measured after different numbers of tokens ({per_run}): '
-                        'the differences mix architecture and amount of training; compare curves with --x tokens')
+        warnings.append(f'final values were measured after different numbers of tokens ({per_run}): '
+                        'the final-value columns mix architecture and amount of training; the verdicts '
+                        'compare at equal tokens (at_tokens)')
     unfinished = [n for n, row in rows.items() if row['status'] != 'completed']
     if unfinished:
-        warnings.append('not completed: ' + ', '.join(f"{n}: {STATUS_LABELS[rows[n]['status']]}" for n in unfinished))
+        what = [f"{n}: {STATUS_LABELS[rows[n]['status']]}" for n in unfinished]
+        warnings.append('not completed: ' + ', '.join(what))
     return warnings
 
 # -----------------------------------------------------------------------------
@@ -307,105 +423,152 @@ def _human(column, v):
         return STATUS_LABELS.get(v, v)
     if column == 'n_params':
         return f'{v / 1e6:.2f}M' if v >= 1e5 else f'{v:,}'
-    if column in ('tokens_seen', 'final_val_tokens'):
+    if column in ('tokens_seen', 'final_val_tokens', 'at_tokens'):
         return f'{v:,}'
-    if column in ('tokens_per_s',):
-        return f'{v:,.0f}'
-    if column == 'mfu':
-        return f'{100 * v:.1f}%'
-    if column in ('wall_time_s', 'train_time_s', 'welch_df'):
+    if column in ('tokens_per_s', 'mfu'):
+        return format(v, METRIC[column].fmt)
+    if column in ('wall_time_s', 'train_time_s', 'df'):
         return f'{v:.1f}'
+    if column in ('p_value', 'p_holm'):
+        return f'{v:.3g}'
     if isinstance(v, float):
         return f'{v:+.4f}' if column == 'diff_vs_baseline' else f'{v:.4f}'
     return str(v)
 
 
 def to_markdown(table, columns):
-    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines = ['| ' + ' | '.join(HEADERS.get(c, c) for c in columns) + ' |', '|' + '---|' * len(columns)]
     for row in table:
         lines.append('| ' + ' | '.join(_human(c, row[c]).replace('|', '\\|') for c in columns) + ' |')
     return '\n'.join(lines) + '\n'
 
 
 def to_html_table(table, columns):
-    head = ''.join(f'<th>{html.escape(c)}</th>' for c in columns)
+    head = ''.join(f'<th>{html.escape(HEADERS.get(c, c))}</th>' for c in columns)
     body = ''.join('<tr>' + ''.join(f'<td>{html.escape(_human(c, row[c]))}</td>' for c in columns) + '</tr>'
                    for row in table)
-    return f'<table><tr>{head}</tr>{body}</table>'
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 # -----------------------------------------------------------------------------
-# plots: one colour per seed group, one line style per run inside it
-
-
-def _styles(groups):
-    import matplotlib
-    colors = matplotlib.colormaps['tab10' if len(groups) <= 10 else 'tab20'].colors
-    dashes = ['-', '--', ':', '-.']
-    return {r['name']: (colors[i % len(colors)], dashes[j % len(dashes)])
-            for i, g in enumerate(groups) for j, r in enumerate(g['runs'])}
-
-
-def _label(run):
-    return run['name'] if run['status'] == 'completed' else f"{run['name']} [{STATUS_LABELS[run['status']]}]"
+# plots: one colour per seed group; its mean (thick), min-max band over its seeds, each run (thin)
 
 
 def _png(fig):
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=100, bbox_inches='tight')
+    fig.savefig(buf, format='png', dpi=90, bbox_inches='tight')
     plt.close(fig)
     return buf.getvalue()
 
 
-def _draw(ax, run, key, x_key, style):
-    m = run['metrics']
-    x, y = np.asarray(m[x_key], dtype=float), np.asarray(m[key], dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if not ok.any():
-        return False
-    color, dash = style
-    ax.plot(x[ok], y[ok], color=color, linestyle=dash, label=_label(run), marker='o' if ok.sum() <= 25 else None,
-            ms=3, lw=1.4)
-    return True
+def on_grid(curves):
+    """The x values any curve has, within the range every curve covers, and each curve there."""
+    lo, hi = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
+    grid = np.unique(np.concatenate([x for x, _ in curves]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    return grid, np.array([np.interp(grid, x, y) for x, y in curves]).reshape(len(curves), len(grid))
 
 
-def overlay_figure(loaded, styles, panels, x):
-    """One figure with a panel per (metric, title, log_y); legend to the right, outside the curves.
-    log_y: a log axis where the values span more than a factor of 20."""
-    import matplotlib.pyplot as plt
-    x_key, x_label = X_AXES[x]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
-    for ax, (key, panel_title, log_y) in zip(axes[0], panels):
-        drawn = [_draw(ax, run, key, x_key, styles[run['name']]) for run in loaded]
-        if not any(drawn):
-            ax.text(0.5, 0.5, f'no {key} logged', ha='center', va='center', transform=ax.transAxes)
-        elif log_y and ax.dataLim.y0 > 0 and ax.dataLim.y1 / ax.dataLim.y0 > 20:  # log only where it spans decades
-            ax.set_yscale('log')
-        ax.set(xlabel=x_label, title=panel_title)
-        ax.grid(alpha=0.3)
+def draw_groups(ax, groups, key, x_key, colors):
+    """Each group's runs as thin lines, the mean over its usable runs with a min-max band."""
+    for g in groups:
+        color = colors[g['label']]
+        curves = []
+        for r in g['runs']:
+            x, y = curve(r, key, x_key)
+            if len(x):
+                ax.plot(x, y, color=color, lw=0.7, alpha=0.45)
+                curves += [(x, y)] if usable(r) else []
+        if curves:
+            grid, ys = on_grid(curves)
+            ax.plot(grid, ys.mean(0), color=color, lw=2, label=f"{g['label']} (n={len(curves)})",
+                    marker='o' if len(grid) <= 25 else None, ms=3)
+            if len(curves) > 1:
+                ax.fill_between(grid, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
+
+
+def _finish(fig, axes):
     handles = {}
-    for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, handle)
     if handles:
-        fig.legend(handles.values(), handles.keys(), loc='upper left', bbox_to_anchor=(1.0, 0.95), fontsize='small')
+        fig.legend(handles.values(), handles.keys(), loc='upper left', bbox_to_anchor=(1.0, 0.95),
+                   fontsize='small')
     fig.tight_layout()
     return _png(fig)
 
 
-def layer_norm_figure(loaded, x):
-    """Small multiples: a row per run, grad and weight norm per layer (colour = depth), shared y axes."""
+def panel_figure(groups, columns, x_key, colors):
+    """One subplot per metric of a METRICS panel; log y where the values span more than a factor of 20."""
     import matplotlib.pyplot as plt
-    x_key, x_label = X_AXES[x]
-    legend_drawn = False
-    fig, axes = plt.subplots(len(loaded), 2, figsize=(12, 2.6 * len(loaded) + 0.6), squeeze=False,
-                             sharex=True, sharey='col')
-    for row, run in zip(axes, loaded):
+    fig, axes = plt.subplots(1, len(columns), figsize=(6.5 * len(columns), 4.2), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        draw_groups(ax, groups, column, x_key, colors)
+        if ax.dataLim.y0 > 0 and ax.dataLim.y1 / ax.dataLim.y0 > 20:
+            ax.set_yscale('log')
+        ax.set(xlabel=label(x_key), ylabel=label(column), title=column)
+    return _finish(fig, axes[0])
+
+
+def zoom_figure(groups, metric, x_key, colors):
+    """The judged metric on the second half of training, y fitted to it: where the differences are."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    draw_groups(ax, groups, metric, x_key, colors)
+    curves = [curve(r, metric, x_key) for g in groups for r in g['runs'] if usable(r)]
+    curves = [(x, y) for x, y in curves if len(x)]
+    x_max = max((x[-1] for x, _ in curves), default=0.0)
+    if not curves:
+        ax.text(0.5, 0.5, f'no {metric} logged yet', ha='center', va='center', transform=ax.transAxes)
+    elif x_max > 0:
+        tail = np.concatenate([y[x >= x_max / 2] for x, y in curves])
+        pad = 0.08 * (tail.max() - tail.min()) or 0.01 * abs(tail.max()) or 0.01
+        ax.set_xlim(x_max / 2, x_max)
+        ax.set_ylim(tail.min() - pad, tail.max() + pad)
+    ax.set(xlabel=label(x_key), ylabel=label(metric), title=f'{metric}, second half of training')
+    return _finish(fig, [ax])
+
+
+def difference_figure(groups, baseline, metric, colors):
+    """Each group's mean minus the baseline's at equal tokens; band: min-max of its runs minus that mean."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    base = [c for c in (curve(r, metric) for r in baseline['runs'] if usable(r)) if len(c[0])]
+    for g in groups:
+        runs_ = [c for c in (curve(r, metric) for r in g['runs'] if usable(r)) if len(c[0])]
+        if g is baseline or not base or not runs_:
+            continue
+        grid, ys = on_grid(runs_ + base)
+        diffs = ys[:len(runs_)] - ys[len(runs_):].mean(0)
+        ax.plot(grid, diffs.mean(0), color=colors[g['label']], lw=2, label=f"{g['label']} (n={len(runs_)})",
+                marker='o' if len(grid) <= 25 else None, ms=3)
+        if len(runs_) > 1:
+            ax.fill_between(grid, diffs.min(0), diffs.max(0), color=colors[g['label']], alpha=0.2, lw=0)
+    ax.axhline(0.0, color='black', lw=0.9)
+    ax.set(xlabel=label('tokens_seen'), ylabel=f'difference in {label(metric)}',
+           title=f"{metric} minus baseline ({baseline['label']}), below 0 = better")
+    return _finish(fig, [ax])
+
+
+def layer_norm_figure(loaded, x_key):
+    """A row per run: grad and weight norm per layer on log axes, colour = depth, one labelled colourbar."""
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    all_norms = []
+    for run in loaded:
         try:
-            norms = read_layer_norms(run['dir'])
+            all_norms.append(read_layer_norms(run['dir']))
         except RunError as e:
             print(f"compare.py: {run['name']}: layer norms not plotted: {e}", file=sys.stderr)
-            norms = None
+            all_norms.append(None)
+    layer_lists = {tuple(dict.fromkeys(n['layer'])) for n in all_norms if n and n['iter']}
+    cmap = plt.get_cmap('viridis')
+    fig, axes = plt.subplots(len(loaded), 2, figsize=(12, 2.6 * len(loaded) + 0.8), squeeze=False,
+                             sharex=True, sharey='col', layout='constrained')
+    for i, (row, run, norms) in enumerate(zip(axes, loaded, all_norms)):
         if not norms or not norms['iter']:
             for ax in row:
                 ax.text(0.5, 0.5, f"{run['name']}: no layer_norms.csv data", ha='center', va='center',
@@ -413,83 +576,226 @@ def layer_norm_figure(loaded, x):
             continue
         m = run['metrics']
         layers = list(dict.fromkeys(norms['layer']))
-        colors = plt.get_cmap('viridis')(np.linspace(0, 0.95, len(layers)))
         it = np.asarray(norms['iter'], dtype=float)
         # layer norms are logged by iteration; map onto the chosen x axis through metrics.csv
         xs = it if x_key == 'iter' else np.interp(it, m['iter'], m[x_key]) if m['iter'] else it * np.nan
         names = np.asarray(norms['layer'])
         for ax, key in zip(row, ('grad_norm', 'weight_norm')):
             values = np.asarray(norms[key], dtype=float)
-            for layer, color in zip(layers, colors):
+            for depth, layer in enumerate(layers):
                 sel = (names == layer) & np.isfinite(values) & (values > 0) & np.isfinite(xs)
                 if sel.any():
-                    ax.plot(xs[sel], values[sel], color=color, lw=1.1, label=layer)
-            if key == 'grad_norm':  # grad norms span decades; weight norms are easier to read as they are
-                ax.set_yscale('log')
-            ax.set(xlabel=x_label if run is loaded[-1] else None,
-                   title=f"{_label(run)}: {key.replace('_', ' ')} per layer")
+                    ax.plot(xs[sel], values[sel], color=cmap(depth / max(1, len(layers) - 1)), lw=1.1)
+            ax.set_yscale('log')  # the embedding's norm is far above the blocks': log keeps both readable
+            status = '' if run['status'] == 'completed' else f" [{STATUS_LABELS[run['status']]}]"
+            name = key.replace('_', ' ')
+            ax.set(xlabel=label(x_key) if i == len(loaded) - 1 else None, ylabel=f'{name} (log)',
+                   title=f"{run['name']}{status}: {name} per layer")
             ax.grid(alpha=0.3)
-        handles, labels = row[1].get_legend_handles_labels()
-        if handles and not legend_drawn:  # layer colours are the same in every row: one legend
-            legend_drawn = True
-            row[1].legend(handles, labels, loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize='x-small',
-                          ncol=max(1, math.ceil(len(labels) / 14)))
-    fig.tight_layout()
+    if len(layer_lists) == 1:  # every run has the same layers: name each colour
+        names = next(iter(layer_lists))
+        colors = ListedColormap([cmap(d / max(1, len(names) - 1)) for d in range(len(names))])
+        bar = fig.colorbar(ScalarMappable(BoundaryNorm(np.arange(len(names) + 1) - 0.5, len(names)), colors),
+                           ax=axes.ravel().tolist(), ticks=range(len(names)), shrink=0.6)
+        bar.ax.set_yticklabels(names)
+    else:
+        bar = fig.colorbar(ScalarMappable(cmap=cmap), ax=axes.ravel().tolist(), ticks=[0, 1], shrink=0.6)
+        bar.ax.set_yticklabels(['embeddings', 'final norm'])
+    bar.set_label('layer (colour = depth in the model)')
     return _png(fig)
 
 
-def make_plots(loaded, groups, x):
+def tuned_figure(variants, keys, metric, rows, colors):
+    """Final metric against the tuned value per variant: seeds as points, means joined by a line."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    numeric = len(keys) == 1 and all(isinstance(g['runs'][0]['config'].get(keys[0]), (int, float))
+                                     for _, members, _ in variants for _, g in members)
+    ticks = sorted({v for _, members, _ in variants for v, _ in members}) if not numeric else None
+    for i, (name, members, best) in enumerate(variants):
+        color = colors[i % len(colors)]
+        means = []
+        for value, g in members:
+            x = g['runs'][0]['config'].get(keys[0]) if numeric else ticks.index(value)
+            ys = final_values(g, rows, f'final_{metric}')
+            ax.plot([x] * len(ys), ys, 'o', color=color, alpha=0.5, ms=4)
+            if ys:
+                means.append((x, float(np.mean(ys)), g is best))
+        if means:
+            ax.plot([x for x, _, _ in means], [y for _, y, _ in means], '-', color=color, lw=1.8, label=name)
+            best_x, best_y = next((x, y) for x, y, b in means if b)
+            ax.plot([best_x], [best_y], '*', color=color, ms=13, mec='black')
+    if numeric:
+        values = [g['runs'][0]['config'][keys[0]] for _, members, _ in variants for _, g in members]
+        rate = 'lr' in keys[0] or 'learning_rate' in keys[0]
+        if min(values) > 0 and (rate or max(values) / min(values) >= 10):
+            ax.set_xscale('log')
+        ax.set_xlabel(keys[0])
+    else:
+        ax.set_xticks(range(len(ticks)), ticks, rotation=20, ha='right')
+        ax.set_xlabel(', '.join(keys))
+    ax.set(ylabel=f'final {label(metric)}',
+           title=f"final {metric} against {', '.join(keys)} (star: best per variant)")
+    return _finish(fig, [ax])
+
+
+def make_plots(loaded, groups, baseline, rows, metric, x, tuned=None):
+    """[(file name, heading, png bytes)]: the loss panels, the zoom, the difference from the baseline,
+    with --tune the tuned plot, a figure per other METRICS panel that has data, the per-layer norms."""
     import matplotlib
     matplotlib.use('Agg')
-    styles = _styles(groups)
-    return {
-        'loss.png': overlay_figure(loaded, styles, [('train_loss', 'train loss', False),
-                                                    ('val_loss', 'val loss', False)], x),
-        'lr.png': overlay_figure(loaded, styles, [('lr', 'learning rate', False)], x),
-        'grad_norm.png': overlay_figure(loaded, styles, [('grad_norm', 'global grad norm (before clipping)', True)], x),
-        'weight_norm.png': overlay_figure(loaded, styles, [('weight_norm', 'global weight norm', False)], x),
-        'tokens_per_s.png': overlay_figure(loaded, styles, [('tokens_per_s', 'tokens/s', False)], x),
-        'layer_norms.png': layer_norm_figure(loaded, x),
-    }
+    colors = list(matplotlib.colormaps['tab10' if len(groups) <= 10 else 'tab20'].colors)
+    group_colors = {g['label']: colors[i % len(colors)] for i, g in enumerate(groups)}
+    x_key = X_AXES[x]
+    panels = {}  # METRICS panel -> its columns that some run logged
+    for m in METRICS:
+        if m.panel and any(len(curve(r, m.column)[0]) for r in loaded):
+            panels.setdefault(m.panel, []).append(m.column)
+
+    def panel_plot(panel):
+        columns = panels[panel]
+        what = f'{columns[0]} ({label(columns[0])})' if len(columns) == 1 else ' and '.join(columns)
+        return (f'{panel}.png', f"{what} per seed group against {label(x_key)}: mean over its seeds (thick), "
+                f"min-max (band), each run (thin)", panel_figure(groups, columns, x_key, group_colors))
+
+    judged_panels = [p for p, columns in panels.items() if any(c in JUDGED for c in columns)]
+    plots = [panel_plot(p) for p in judged_panels]
+    plots.append(('zoom.png', f'{metric} over the second half of training (zoomed in: the differences are '
+                  f'here)', zoom_figure(groups, metric, x_key, group_colors)))
+    if len(groups) > 1:
+        plots.append(('diff_vs_baseline.png', f"Difference from the baseline: each group's mean {metric} "
+                      f"minus the baseline's, at equal tokens (band: min-max of its runs minus that mean)",
+                      difference_figure(groups, baseline, metric, group_colors)))
+    if tuned:
+        variants, keys = tuned
+        plots.append(('tuned.png', f"Final {metric} of each variant against {', '.join(keys)}: seeds as "
+                      f"points, means joined, star = the value it is compared at",
+                      tuned_figure(variants, keys, metric, rows, colors)))
+    plots += [panel_plot(p) for p in panels if p not in judged_panels]
+    # one run per group (its seeds look alike), and every diverged run: where it blew up is the question
+    shown = [r for g in groups for r in g['runs'] if r is g['runs'][0] or not usable(r)]
+    plots.append(('layer_norms.png', 'Gradient and weight norm of each layer (log scale): the first run of '
+                  'each seed group, and every diverged run', layer_norm_figure(shown, x_key)))
+    return plots
+
+
+# -----------------------------------------------------------------------------
+# stories: what each seed group's model writes
+
+
+def draw_stories(groups, device):
+    """[(group label, heading, continuations or None, note)]: sample.REPORT_PROMPTS continued by the first
+    run with a checkpoint in each group (its newest checkpoint; fixed seed)."""
+    out = []
+    for g in groups:
+        found = None
+        for run in g['runs']:
+            try:
+                found = (run, resolve_checkpoint(run['dir'])[0])
+                break
+            except RunError:
+                continue
+        if found is None:
+            out.append((g['label'], None, None, 'no checkpoints in any of its runs: nothing to sample from'))
+            continue
+        run, step = found
+        import sample  # torch: only where there is a model to load
+        import torch
+        block_size = run['config'].get('block_size')
+        max_new = min(STORY_TOKENS, block_size - 1) if isinstance(block_size, int) else STORY_TOKENS
+        threads = torch.get_num_threads()
+        if device == 'cpu':  # 3 short rows: threads do not pay, and on a busy CPU they spin (10x slower)
+            torch.set_num_threads(1)
+        try:
+            texts = sample.generate_stories(run['dir'], sample.REPORT_PROMPTS, step=None, num_samples=1,
+                                            max_new_tokens=max_new, temperature=STORY_TEMPERATURE,
+                                            top_k=STORY_TOP_K, seed=STORY_SEED, device=device)
+        except (ValueError, OSError) as e:  # RunError, CheckpointError, DataError: one line each
+            out.append((g['label'], f"{run['name']}, checkpoint {step}", None, f'could not sample: {e}'))
+            continue
+        finally:
+            torch.set_num_threads(threads)
+        out.append((g['label'], f"{run['name']}, checkpoint {step}", texts, None))
+    return out
+
+
+def stories_html(stories):
+    import sample
+    prompts = sample.REPORT_PROMPTS
+    head = ''.join(f'<th>{html.escape(name)}<br><small>{html.escape(where or "")}</small></th>'
+                   for name, where, _, _ in stories)
+    body = ''
+    for i, prompt in enumerate(prompts):
+        cells = ''
+        for _, _, texts, note in stories:
+            if texts:
+                cells += f'<td class="story"><b>{html.escape(prompt)}</b>{html.escape(texts[i])}</td>'
+            elif i == 0:  # one note down the whole column
+                cells += f'<td class="story" rowspan="{len(prompts)}"><i>{html.escape(note)}</i></td>'
+        body += f'<tr>{cells}</tr>'
+    return (f"<p>Each group's model continues the same {len(prompts)} prompts (bold): temperature "
+            f"{STORY_TEMPERATURE}, top_k {STORY_TOP_K}, seed {STORY_SEED}, up to {STORY_TOKENS} tokens, from "
+            f"the newest checkpoint of its first run that has one.</p>"
+            f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>')
 
 # -----------------------------------------------------------------------------
 # the report
 
 HOW_TO_READ = (
-    f'Runs whose config.json differs only in the seed (and bookkeeping keys: SEED_GROUP_IGNORED_KEYS in '
-    f'compare.py) form a seed group. diff_vs_baseline = mean final val loss of the group minus that of the '
-    f'baseline group (negative: lower loss than the baseline); ci95_low..ci95_high is its {CONFIDENCE:.0%} '
-    f"Welch t-interval from the seed-to-seed spread of both groups. '{WITHIN_NOISE}': the interval contains 0, "
-    f'so these runs cannot tell the difference from seed noise (which is not proof that there is none). '
-    f"'{NO_NOISE_ESTIMATE}': one side has a single run, so the noise is unknown; train more seeds.")
+    "Runs whose config.json differs only in the seed (and bookkeeping keys: runs.SEED_GROUP_IGNORED_KEYS) "
+    "form a seed group. diff_vs_baseline is the group's judged metric minus the baseline group's, at "
+    "at_tokens: the most tokens every run of both groups reached (negative: lower than the baseline). method "
+    f"says how its {CONFIDENCE:.0%} interval (ci95_low..ci95_high, unadjusted) was made: paired by seed (the "
+    "mean of the per-seed differences; same seed = same batches), Welch (unpaired groups), or, for a "
+    "single run against a replicated group, that group's seed spread taken as the noise of both (an "
+    "assumption). The verdict is Holm-Bonferroni adjusted across all groups in the table "
+    f"(p_holm < {1 - CONFIDENCE:.2g}), so many variants do not yield a winner by chance. '{WITHIN_NOISE}': "
+    "these runs cannot tell the difference from seed noise (which is not proof that there is none). "
+    f"'{NO_NOISE_ESTIMATE}': no side has two runs; train more seeds.")
+HOW_TO_READ_TUNED = (
+    "A variant is a set of runs alike but for the tuned keys and the seed. Each is shown at its own best "
+    "value (lowest mean final metric over its seeds) and compared, as above, with the baseline at the "
+    "baseline's best. The best value is picked on the same runs, so these intervals lean slightly in favour "
+    "of variants tried at more values.")
 
 
-def groups_markdown(table, baseline_label, why, warnings):
-    lines = ['# Seed groups', '', f'Baseline: **{baseline_label}** ({why}).', '', HOW_TO_READ, '',
-             to_markdown(table, GROUP_COLUMNS)]
+def groups_markdown(table, baseline_label, why, warnings, notes):
+    lines = ['# Seed groups', '', f'Baseline: **{baseline_label}** ({why}).', '']
+    lines += [f'{n}\n' for n in notes] + [HOW_TO_READ, '', to_markdown(table, GROUP_COLUMNS)]
     if warnings:
         lines += ['## Warnings', ''] + [f'- {w}' for w in warnings] + ['']
     return '\n'.join(lines)
 
 
-def report_html(run_table, table, plots, baseline_label, why, warnings, runs_dir, x):
-    style = ('body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;'
-             'font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}'
-             'th{background:#f3f3f3}.warn{color:#a40}img{max-width:100%;display:block;margin:1em 0}')
+STYLE = ('body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;'
+         'font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;'
+         'vertical-align:top}th{background:#f3f3f3}.warn{color:#a40}.scroll{overflow-x:auto}'
+         'td.story{min-width:260px;max-width:420px;white-space:pre-wrap;font-size:12px}'
+         'img{max-width:100%;display:block;margin:1em 0}')
+
+
+def report_html(run_table, table, tuned, plots, stories, baseline_label, why, warnings, notes, runs_dir, x):
+    e = html.escape
     parts = [f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Run comparison</title>'
-             f'<style>{style}</style></head><body>',
-             f'<h1>Run comparison: {html.escape(str(runs_dir))}</h1>',
-             f'<p>{len(run_table)} runs, generated {datetime.now().isoformat(timespec="seconds")} by compare.py; '
-             f'curves against {html.escape(X_AXES[x][1])}.</p>']
+             f'<style>{STYLE}</style></head><body>', f'<h1>Run comparison: {e(str(runs_dir))}</h1>',
+             f'<p>{len(run_table)} runs, generated {datetime.now().isoformat(timespec="seconds")} by '
+             f'compare.py; curves against {e(label(X_AXES[x]))}.</p>']
     if warnings:
-        parts.append('<h2>Warnings</h2><ul>' + ''.join(f'<li class="warn">{html.escape(w)}</li>' for w in warnings)
-                     + '</ul>')
-    parts += [f'<h2>Seed groups</h2><p>Baseline: <b>{html.escape(baseline_label)}</b> ({html.escape(why)}).</p>',
-              f'<p>{html.escape(HOW_TO_READ)}</p>', to_html_table(table, GROUP_COLUMNS),
-              '<h2>Runs</h2>', to_html_table(run_table, RUN_COLUMNS), '<h2>Curves</h2>']
-    for name, png in plots.items():
+        items = ''.join(f'<li class="warn">{e(w)}</li>' for w in warnings)
+        parts.append(f'<h2>Warnings</h2><ul>{items}</ul>')
+    parts.append(f'<h2>Seed groups against the baseline</h2>'
+                 f'<p>Baseline: <b>{e(baseline_label)}</b> ({e(why)}).</p>')
+    parts += [f'<p class="warn">{e(n)}</p>' for n in notes]
+    parts += [f'<p>{e(HOW_TO_READ)}</p>', to_html_table(table, GROUP_COLUMNS)]
+    if tuned is not None:
+        parts += ['<h2>Tuned: each variant at its own best value</h2>', f'<p>{e(HOW_TO_READ_TUNED)}</p>',
+                  to_html_table(tuned, TUNED_COLUMNS)]
+    if stories is not None:
+        parts += ['<h2>Stories: what each seed group writes</h2>', stories_html(stories)]
+    parts += ['<h2>Runs</h2>', to_html_table(run_table, RUN_COLUMNS), '<h2>Curves</h2>']
+    for name, heading, png in plots:
         data = base64.b64encode(png).decode('ascii')
-        parts.append(f'<h3>{html.escape(name)}</h3><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+        parts.append(f'<h3>{e(heading)}</h3><img alt="{e(name)}" src="data:image/png;base64,{data}">')
     parts.append('</body></html>\n')
     return '\n'.join(parts)
 
@@ -498,18 +804,26 @@ def report_html(run_table, table, plots, baseline_label, why, warnings, runs_dir
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('runs_dir', nargs='?', help="folder holding run folders (default: out)")
-    parser.add_argument('--runs_dir', dest='runs_dir_flag', metavar='RUNS_DIR', help='the same as the positional argument')
-    parser.add_argument('--runs', nargs='+', metavar='NAME_OR_GLOB', help="only these runs, e.g. 'gqa_*' baseline_s1")
-    parser.add_argument('--report_dir', default='comparisons', help='where the report goes (default: comparisons)')
-    parser.add_argument('--x', choices=list(X_AXES), default='iter', help='x axis of the curves (default: iter)')
-    parser.add_argument('--baseline', metavar='NAME_OR_GLOB',
-                        help="run name, glob or group label of the baseline group (default: model_name 'baseline')")
-    args = parser.parse_args(argv)
-    if args.runs_dir and args.runs_dir_flag and args.runs_dir != args.runs_dir_flag:
-        parser.error(f'two runs dirs given: {args.runs_dir} and --runs_dir {args.runs_dir_flag}')
-    args.runs_dir = Path(args.runs_dir or args.runs_dir_flag or 'out')
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('runs_dir_arg', nargs='?', metavar='RUNS_DIR', help='the runs folder (default: out)')
+    add_run_args(ap)
+    ap.set_defaults(runs_dir=None)  # out, unless the positional names one
+    ap.add_argument('--report_dir', default='comparisons', help='folder of the report (default: comparisons)')
+    ap.add_argument('--x', choices=list(X_AXES), default='iter', help='x axis of the curves (default: iter)')
+    ap.add_argument('--baseline', metavar='NAME_OR_GLOB',
+                    help="run name, glob or label of the baseline group (default: model_name 'baseline')")
+    ap.add_argument('--metric', default='val_loss', help=f"judge on {' or '.join(JUDGED)} (default val_loss)")
+    ap.add_argument('--tune', nargs='+', metavar='KEY', default=None,
+                    help='also compare each variant at its own best value of these keys, e.g. learning_rate')
+    ap.add_argument('--no_samples', action='store_true', help='leave the stories out of report.html')
+    ap.add_argument('--device', default='auto', help='device the stories are sampled on (default: auto)')
+    ap.error = fail  # one line and exit 1, not a usage dump
+    args = ap.parse_args(argv)
+    if args.runs_dir_arg and args.runs_dir and args.runs_dir_arg != args.runs_dir:
+        fail(f'two runs dirs given: {args.runs_dir_arg} and --runs_dir {args.runs_dir}')
+    args.runs_dir = Path(args.runs_dir_arg or args.runs_dir or 'out')
+    if args.metric not in JUDGED:
+        fail(f"--metric {args.metric!r}: expected one of {', '.join(JUDGED)}")
     return args
 
 
@@ -518,19 +832,26 @@ def main(argv=None):
     try:
         paths = find_runs(args.runs_dir)
     except RunError as e:
-        raise SystemExit(f'compare.py: {e}') from None
+        fail(e)
     if not paths:
-        raise SystemExit(f'compare.py: no runs in {args.runs_dir} (a run is a folder with config.json and '
-                         f'metrics.csv; train one with python train.py)')
+        fail(f'no runs in {args.runs_dir} (a run is a folder with config.json and metrics.csv; train one '
+             f'with python train.py)')
     if args.runs:
         chosen = find_runs(args.runs_dir, args.runs)
         if not chosen:
-            raise SystemExit(f"compare.py: --runs {' '.join(args.runs)} matches none of the runs in "
-                             f"{args.runs_dir} ({', '.join(p.name for p in paths)})")
+            fail(f"--runs {' '.join(args.runs)} matches none of the runs in {args.runs_dir} "
+                 f"({', '.join(p.name for p in paths)})")
         paths = chosen
     loaded, skipped = load_runs(paths)
     if not loaded:
-        raise SystemExit(f'compare.py: none of the {len(paths)} runs in {args.runs_dir} could be read')
+        fail(f'none of the {len(paths)} runs in {args.runs_dir} could be read')
+    device = None
+    if not args.no_samples:
+        from model import pick_device
+        try:
+            device = pick_device(args.device)
+        except ValueError as e:
+            fail(f'--device: {e}')
 
     groups = seed_groups(loaded)
     baseline, why = pick_baseline(groups, args.baseline)
@@ -539,31 +860,58 @@ def main(argv=None):
         for run in group['runs']:
             rows[run['name']]['group'] = group['label']
     run_table = [rows[run['name']] for run in loaded]
-    table = group_table(groups, baseline, rows)
+    metric, note = judged_metric(groups, args.metric)
+    notes = [note] if note else []
+    tuned = variants = None
+    if args.tune:
+        tuned, variants = tuned_table(loaded, groups, baseline, rows, metric, args.tune)
+    if tuned and not args.baseline:  # every group is then compared with the baseline at its best value too
+        baseline = variants[0][2]
+        why = f"the baseline variant ({variants[0][0]}) at its best {', '.join(args.tune)}"
+    table = group_table(groups, baseline, rows, metric)
     warnings = token_warnings(rows) + [f'skipped {s}' for s in skipped]
-    plots = make_plots(loaded, groups, args.x)
+
+    report_dir = Path(args.report_dir)
+    try:  # before the slow part: an unwritable report dir is said at once
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f'cannot write the report to {report_dir}: {e.strerror or e}')
+    stories = draw_stories(groups, device) if not args.no_samples else None
+    tuned_plot = (variants, args.tune) if tuned else None
+    plots = make_plots(loaded, groups, baseline, rows, metric, args.x, tuned_plot)
 
     # everything is rendered before anything is written: a failure on the way leaves the old report as it was
     texts = {'summary_table.csv': to_csv(run_table, RUN_COLUMNS),
              'summary_table.md': '# Runs\n\n' + to_markdown(run_table, RUN_COLUMNS),
              'groups.csv': to_csv(table, GROUP_COLUMNS),
-             'groups.md': groups_markdown(table, baseline['label'], why, warnings),
-             'report.html': report_html(run_table, table, plots, baseline['label'], why, warnings,
-                                        args.runs_dir, args.x)}
-    report_dir = Path(args.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    for name, png in plots.items():
-        atomic_write_bytes(report_dir / name, png)
-    for name, text in texts.items():
-        atomic_write_text(report_dir / name, text)
+             'groups.md': groups_markdown(table, baseline['label'], why, warnings, notes)}
+    if tuned:
+        texts['tuned.csv'] = to_csv(tuned, TUNED_COLUMNS)
+        texts['tuned.md'] = (f"# Tuned: {', '.join(args.tune)}\n\n{HOW_TO_READ_TUNED}\n\n"
+                             + to_markdown(tuned, TUNED_COLUMNS))
+    texts['report.html'] = report_html(run_table, table, tuned, plots, stories, baseline['label'], why,
+                                       warnings, notes, args.runs_dir, args.x)
+    try:
+        for name, _, png in plots:
+            atomic_write_bytes(report_dir / name, png)
+        for name, text in texts.items():
+            atomic_write_text(report_dir / name, text)
+    except OSError as e:
+        fail(f'cannot write the report to {report_dir}: {e.strerror or e}')
 
     print(f"compared {len(loaded)} runs in {len(groups)} seed groups; baseline: {baseline['label']} ({why})")
-    print(to_markdown(table, ['group', 'n', 'mean_final_val_loss', 'std_final_val_loss', 'diff_vs_baseline',
-                              'ci95_low', 'ci95_high', 'verdict']))
+    for n in notes:
+        print(f'compare.py: note: {n}')
+    print(to_markdown(table, ['group', 'n', f'mean_final_{metric}', 'diff_vs_baseline', 'ci95_low',
+                              'ci95_high', 'method', 'verdict']))
+    if tuned:
+        print(to_markdown(tuned, ['variant', 'best_value', f'mean_final_{metric}', 'diff_vs_baseline',
+                                  'verdict']))
     for w in warnings:
         if not w.startswith('skipped '):  # those were named on stderr as they were met
             print(f'compare.py: warning: {w}', file=sys.stderr)
-    print(f'wrote {report_dir}/report.html (tables: summary_table.csv, groups.csv)')
+    tables = 'summary_table.csv, groups.csv' + (', tuned.csv' if tuned else '')
+    print(f'wrote {report_dir}/report.html (tables: {tables})')
 
 
 if __name__ == '__main__':

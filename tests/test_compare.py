@@ -1,5 +1,6 @@
-"""compare.py: Student t quantiles, Welch intervals, seed groups, tables that match the metrics,
-labelled and skipped runs, every output file; and one end-to-end run on real smoke-trained runs."""
+"""compare.py: intervals (Welch, paired, one run against a replicated baseline) and the Holm adjustment
+checked by hand and against scipy called directly, equal-token verdicts, val_bpb, tokenizers, the tuned
+table, statuses, every output file, bad input; and one end-to-end report with stories on real smoke runs."""
 import base64
 import csv
 import json
@@ -8,20 +9,25 @@ import re
 
 import numpy as np
 import pytest
+from scipy import stats
 
 import compare
 from conftest import REPO, run_script
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-OUTPUTS = ['summary_table.csv', 'summary_table.md', 'groups.csv', 'groups.md', 'report.html', 'loss.png',
-           'lr.png', 'grad_norm.png', 'weight_norm.png', 'tokens_per_s.png', 'layer_norms.png']
+TABLES = ['summary_table.csv', 'summary_table.md', 'groups.csv', 'groups.md', 'report.html']
+PLOTS = ['loss.png', 'zoom.png', 'diff_vs_baseline.png', 'lr.png', 'grad_norm.png', 'weight_norm.png',
+         'tokens_per_s.png', 'layer_norms.png']
 ITERS = [0, 10, 20, 30]
 TOKENS_PER_ITER = 1024
+HEADER = ['iter', 'tokens_seen', 'elapsed_s', 'lr', 'train_loss', 'val_loss', 'grad_norm', 'weight_norm',
+          'tokens_per_s', 'mfu']
 
 
 def make_run(root, name, final_val, model_name='baseline', seed=1, status='completed', iters=ITERS,
-             summary=True, **config_changes):
-    """A run folder as train.py writes it: val loss on iters 0, 20 and the last; train loss from iter 10."""
+             summary=True, vals=None, bpb=None, summary_fields=None, **config_changes):
+    """A run folder as train.py writes it: val loss on iters 0, 20 and the last (or at `vals`, a dict
+    iter -> val loss), train loss from iter 10; with bpb, a val_bpb column (bpb at the last iter)."""
     run = root / name
     run.mkdir(parents=True)
     config = dict(out_dir=str(root), run_name=name, seed=seed, model_name=model_name, n_layer=2, n_head=2,
@@ -34,21 +40,25 @@ def make_run(root, name, final_val, model_name='baseline', seed=1, status='compl
                             train=dict(tokens=1000, sha256='abc')))
     config.update(config_changes)
     (run / 'config.json').write_text(json.dumps(config))
-    lines = [','.join(['iter', 'tokens_seen', 'elapsed_s', 'lr', 'train_loss', 'val_loss', 'grad_norm',
-                       'weight_norm', 'tokens_per_s', 'mfu'])]
+    if vals is None:
+        vals = {it: 10.0 - it / 10 for it in iters if it in (0, 20)} | {iters[-1]: final_val}
+    lines = [','.join(HEADER + (['val_bpb'] if bpb is not None else []))]
     layer_lines = ['iter,layer,grad_norm,weight_norm']
     for k, it in enumerate(iters):
-        val = final_val if it == iters[-1] else 10.0 - it / 10 if it in (0, 20) else ''
         train = '' if it == 0 else 9.0 - it / 10
         speed = '' if it == 0 else 1000.0 + 10 * k
-        lines.append(f'{it},{it * TOKENS_PER_ITER},{it * 0.5},{1e-3 * (1 - it / 100)},{train},{val},'
-                     f'{1.0 + k},{50.0 + k},{speed},')
+        line = (f"{it},{it * TOKENS_PER_ITER},{it * 0.5},{1e-3 * (1 - it / 100)},{train},{vals.get(it, '')},"
+                f"{1.0 + k},{50.0 + k},{speed},")
+        if bpb is not None:
+            line += f",{(bpb if it == iters[-1] else 5.0 - it / 20) if it in vals else ''}"
+        lines.append(line)
         for layer in ('embed', 'block_0', 'block_1', 'final_norm'):
             layer_lines.append(f'{it},{layer},{0.1 * (k + 1)},{10.0 + k}')
     (run / 'metrics.csv').write_text('\n'.join(lines) + '\n')
     (run / 'layer_norms.csv').write_text('\n'.join(layer_lines) + '\n')
     if summary:
-        (run / 'summary.json').write_text(json.dumps(dict(status=status, iters=iters[-1], run_name=name)))
+        fields = dict(dict(status=status, iters=iters[-1], run_name=name), **(summary_fields or {}))
+        (run / 'summary.json').write_text(json.dumps(fields))
     return run
 
 
@@ -57,8 +67,13 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def compare_cli(*args):
-    return run_script(REPO / 'compare.py', *args, timeout=120)
+def group_rows(out, metric='val_loss', baseline=None):
+    """compare.py's seed-group table of every run in out, without drawing anything: {group: row}."""
+    loaded, _ = compare.load_runs(sorted(p for p in out.iterdir() if p.is_dir()))
+    groups = compare.seed_groups(loaded)
+    base, _ = compare.pick_baseline(groups, baseline)
+    rows = {r['name']: compare.run_numbers(r) for r in loaded}
+    return {row['group']: row for row in compare.group_table(groups, base, rows, metric)}
 
 
 @pytest.fixture
@@ -72,111 +87,145 @@ def two_groups(tmp_path):
     return out
 
 # -----------------------------------------------------------------------------
-# statistics
+# statistics, by hand and against scipy called directly
 
 
-@pytest.mark.parametrize('df, table', [(1, 12.706), (2, 4.303), (3, 3.182), (5, 2.571), (10, 2.228), (30, 2.042)])
-def test_t_quantile_matches_t_tables(df, table):
-    assert compare.t_quantile(0.975, df) == pytest.approx(table, abs=6e-4)
-    assert compare.t_quantile(0.025, df) == pytest.approx(-table, abs=6e-4)
-
-
-def test_t_quantile_closed_forms_and_normal_limit():
-    for p in (0.6, 0.9, 0.975, 0.995):
-        assert compare.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
-        assert compare.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
-    assert compare.t_quantile(0.975, 1e7) == pytest.approx(1.959964, abs=1e-5)
-    with pytest.raises(ValueError):
-        compare.t_quantile(1.0, 3)
-
-
-@pytest.mark.parametrize('df', [25 / 17, 3.7, 11.2])
-def test_t_quantile_non_integer_df_against_integrated_density(df):
-    """Welch's df is fractional: check the quantile by integrating the t density numerically."""
-    q = compare.t_quantile(0.975, df)
-    t = np.linspace(0.0, q, 400001)
-    density = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi) \
-        * (1 + t ** 2 / df) ** (-(df + 1) / 2)
-    area = float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(t)))
-    assert 0.5 + area == pytest.approx(0.975, abs=1e-7)
-
-
-def test_welch_interval_computed_by_hand():
+def test_welch_interval_by_hand_and_against_scipy():
     # variances 0.02 and 0.005, n=2 each: se^2 = 0.01 + 0.0025, df = se^4 / (0.01^2 + 0.0025^2) = 25/17
-    diff, low, high, df = compare.welch_interval([2.0, 2.2], [1.8, 1.9])
-    assert diff == pytest.approx(0.25)
-    assert df == pytest.approx(25 / 17)
-    half = compare.t_quantile(0.975, 25 / 17) * math.sqrt(0.0125)
-    assert (low, high) == pytest.approx((0.25 - half, 0.25 + half))
-    assert low < 0 < high  # two seeds this far apart cannot show a 0.25 difference
-    # equal spreads and sizes: df = 2(n-1) = 4, t = 2.776, se = sqrt(2 * 1e-4 / 3)
-    diff, low, high, df = compare.welch_interval([2.0, 2.01, 2.02], [1.5, 1.51, 1.52])
-    assert df == pytest.approx(4.0)
-    assert (low, high) == pytest.approx((0.5 - 2.776 * math.sqrt(2e-4 / 3), 0.5 + 2.776 * math.sqrt(2e-4 / 3)),
-                                        abs=1e-4)
-    assert compare.welch_interval([2.0], [1.8, 1.9]) == (pytest.approx(0.15), None, None, None)
-
-# -----------------------------------------------------------------------------
-# the command on hand-built run folders
+    r = compare.welch_interval([2.0, 2.2], [1.8, 1.9])
+    assert r['diff'] == pytest.approx(0.25) and r['df'] == pytest.approx(25 / 17)
+    half = stats.t.ppf(0.975, 25 / 17) * math.sqrt(0.0125)
+    assert (r['low'], r['high']) == pytest.approx((0.25 - half, 0.25 + half))
+    assert r['low'] < 0 < r['high']  # two seeds this far apart cannot show a 0.25 difference
+    scipy_test = stats.ttest_ind([2.0, 2.2], [1.8, 1.9], equal_var=False)
+    assert (r['low'], r['high']) == pytest.approx(tuple(scipy_test.confidence_interval(0.95)))
+    assert r['p'] == pytest.approx(scipy_test.pvalue) and r['method'] == 'Welch (n=2 vs 2)'
+    # equal spreads and sizes: df = 2(n-1) = 4, t = 2.776 (t table), se = sqrt(2 * 1e-4 / 3)
+    r = compare.welch_interval([2.0, 2.01, 2.02], [1.5, 1.51, 1.52])
+    assert r['df'] == pytest.approx(4.0)
+    half = 2.776 * math.sqrt(2e-4 / 3)
+    assert (r['low'], r['high']) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-4)
 
 
-def test_tables_match_metrics_and_groups_by_hand(two_groups, tmp_path):
-    report = tmp_path / 'report'
-    proc = compare_cli(two_groups, '--report_dir', report)
-    assert proc.returncode == 0, proc.stderr
-    assert "baseline: baseline (the only group with model_name 'baseline')" in proc.stdout
-    rows = {r['run']: r for r in read_csv(report / 'summary_table.csv')}
-    assert list(rows) == ['baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2']
-    for name, final in [('baseline_s1', 1.8), ('baseline_s2', 1.9), ('gqa_s1', 2.0), ('gqa_s2', 2.2)]:
-        row = rows[name]
-        metrics = read_csv(two_groups / name / 'metrics.csv')
-        vals = [(float(m['val_loss']), int(m['iter'])) for m in metrics if m['val_loss']]
-        assert float(row['final_val_loss']) == final == vals[-1][0]
-        assert (float(row['best_val_loss']), int(row['best_val_iter'])) == min(vals)
-        assert int(row['tokens_seen']) == int(metrics[-1]['tokens_seen']) == 30 * TOKENS_PER_ITER
-        assert int(row['iters']) == 30 and float(row['train_time_s']) == 15.0
-        assert float(row['wall_time_s']) == 15.0  # no wall_time_s in this summary.json: training time
-        assert float(row['final_train_loss']) == float(metrics[-1]['train_loss'])
-        # the first logged interval (compilation, warm-up) is left out of the mean speed
-        assert float(row['tokens_per_s']) == pytest.approx(np.mean([float(m['tokens_per_s']) for m in metrics
-                                                                    if m['tokens_per_s']][1:])) == 1025.0
-        assert row['mfu'] == ''  # never logged on CPU: blank, not 0
-        assert row['n_params'] == '12345' and row['status'] == 'completed'
-    assert rows['gqa_s1']['group'] == 'gqa' and rows['baseline_s2']['group'] == 'baseline'
-
-    groups = read_csv(report / 'groups.csv')
-    assert [g['group'] for g in groups] == ['baseline', 'gqa']
-    base, gqa = groups
-    assert base['runs'] == 'baseline_s1 baseline_s2' and base['n'] == '2' and base['verdict'] == 'baseline'
-    assert float(base['mean_final_val_loss']) == pytest.approx(1.85)
-    assert float(base['std_final_val_loss']) == pytest.approx(math.sqrt(0.005))
-    assert float(gqa['mean_final_val_loss']) == pytest.approx(2.1)
-    assert float(gqa['std_final_val_loss']) == pytest.approx(math.sqrt(0.02))
-    assert float(gqa['diff_vs_baseline']) == pytest.approx(0.25)
-    half = compare.t_quantile(0.975, 25 / 17) * math.sqrt(0.0125)
-    assert float(gqa['ci95_low']) == pytest.approx(0.25 - half)
-    assert float(gqa['ci95_high']) == pytest.approx(0.25 + half)
-    assert float(gqa['welch_df']) == pytest.approx(25 / 17)
-    assert gqa['verdict'] == 'within noise'
-    assert 'within noise' in (report / 'groups.md').read_text()
+@pytest.mark.parametrize('diffs, t_table', [
+    ([0.1, 0.3], 12.706), ([0.1, 0.2, 0.4], 4.303), ([0.1, 0.2, 0.4, 0.0], 3.182),
+    ([0.1, 0.2, 0.4, 0.0, 0.3, 0.2], 2.571), ([0.1, 0.2, 0.4, 0.0, 0.3, 0.2, 0.1, 0.5, 0.3, 0.2, 0.1], 2.228)])
+def test_paired_interval_against_t_tables_and_scipy(diffs, t_table):
+    """Seeds move both runs of a pair by up to 0.9: pairing cancels that, only the differences count."""
+    base = [2.0 + 0.3 * (i % 4) for i in range(len(diffs))]
+    values = [b + d for b, d in zip(base, diffs)]
+    r = compare.paired_interval(values, base, seeds=list(range(1, len(diffs) + 1)))
+    n, sd = len(diffs), float(np.std(diffs, ddof=1))
+    assert r['df'] == n - 1 and r['diff'] == pytest.approx(np.mean(diffs))
+    assert (r['high'] - r['diff']) / (sd / math.sqrt(n)) == pytest.approx(t_table, abs=6e-4)
+    scipy_test = stats.ttest_rel(values, base)
+    assert (r['low'], r['high']) == pytest.approx(tuple(scipy_test.confidence_interval(0.95)))
+    assert r['p'] == pytest.approx(scipy_test.pvalue)
 
 
-def test_difference_beyond_noise_and_single_run_groups(tmp_path):
+def test_holm_adjustment_by_hand():
+    # sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1 = 0.04, 0.09, 0.08 -> 0.09 (not below the one before), 0.2
+    assert compare.holm([0.01, 0.04, 0.03, 0.20]) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    assert compare.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    assert compare.holm([0.02]) == [0.02]  # one comparison: nothing to adjust
+
+
+def test_single_run_against_replicated_baseline_by_hand():
+    # baseline sd 0.01 (n=3): the run's noise is assumed the same: se = 0.01 * sqrt(1 + 1/3), df 2, t 4.303
+    r = compare.single_run_interval(1.4, [1.5, 1.51, 1.52])
+    half = 4.303 * 0.01 * math.sqrt(4 / 3)
+    assert r['diff'] == pytest.approx(-0.11) and r['df'] == 2
+    assert (r['low'], r['high']) == pytest.approx((-0.11 - half, -0.11 + half), abs=1e-4)
+    assert r['p'] == pytest.approx(2 * stats.t.sf(0.11 / (0.01 * math.sqrt(4 / 3)), 2))
+    assert 'assumes the baseline seed spread' in r['method']
+
+
+def test_pairing_narrows_the_interval_and_holm_adjusts_verdicts(tmp_path):
+    """Seeds shift the loss by 0.3 each; the variant is 0.05 better on every seed. Paired by seed it
+    is beyond noise; the same numbers on other seeds (Welch) are not. A third variant is beyond noise
+    unadjusted but not after Holm over the three comparisons."""
+    out = tmp_path / 'out'
+    base = {1: 2.0, 2: 2.3, 3: 2.6}
+    better = {1: 1.95, 2: 2.26, 3: 2.54}
+    shifted = {1: 2.1, 2: 2.45, 3: 2.8}  # +0.10, +0.15, +0.20: paired p about 0.035
+    for seed in base:
+        make_run(out, f'baseline_s{seed}', base[seed], seed=seed)
+        make_run(out, f'paired_s{seed}', better[seed], model_name='paired', seed=seed)
+        make_run(out, f'unpaired_s{seed + 3}', better[seed], model_name='unpaired', seed=seed + 3)
+        make_run(out, f'shifted_s{seed}', shifted[seed], model_name='shifted', seed=seed)
+    rows = group_rows(out)
+    paired, unpaired, shifted_row = rows['paired'], rows['unpaired'], rows['shifted']
+    b, g = list(base.values()), list(better.values())
+    rel, ind = stats.ttest_rel(g, b), stats.ttest_ind(g, b, equal_var=False)
+    assert paired['method'] == 'paired by seed (1, 2, 3)' and unpaired['method'] == 'Welch (n=3 vs 3)'
+    assert paired['diff_vs_baseline'] == pytest.approx(-0.05) == pytest.approx(unpaired['diff_vs_baseline'])
+    assert (paired['ci95_low'], paired['ci95_high']) == pytest.approx(tuple(rel.confidence_interval()))
+    assert (unpaired['ci95_low'], unpaired['ci95_high']) == pytest.approx(tuple(ind.confidence_interval()))
+    assert paired['ci95_high'] - paired['ci95_low'] < (unpaired['ci95_high'] - unpaired['ci95_low']) / 10
+    assert paired['df'] == 2 and paired['at_tokens'] == 30 * TOKENS_PER_ITER
+    # Holm over three p-values, checked by hand from scipy's
+    p_shift = stats.ttest_rel(list(shifted.values()), b).pvalue
+    assert 0.025 < p_shift < 0.05 and shifted_row['ci95_low'] > 0  # beyond noise before the adjustment
+    ps = sorted([rel.pvalue, ind.pvalue, p_shift])
+    assert ps == [rel.pvalue, p_shift, ind.pvalue]
+    assert paired['p_holm'] == pytest.approx(3 * rel.pvalue)
+    assert shifted_row['p_holm'] == pytest.approx(max(3 * rel.pvalue, 2 * p_shift))
+    assert unpaired['p_holm'] == pytest.approx(max(shifted_row['p_holm'], ind.pvalue))
+    assert paired['verdict'] == 'lower val_loss than baseline, beyond noise at 30,720 tokens'
+    assert unpaired['verdict'] == 'within noise at 30,720 tokens'
+    assert shifted_row['verdict'] == ('within noise after Holm adjustment (unadjusted: higher val_loss than '
+                                      'baseline) at 30,720 tokens')
+    assert rows['baseline']['verdict'] == 'baseline' and rows['baseline']['p_holm'] is None
+
+
+def test_verdict_at_equal_tokens_interpolates_between_eval_points(tmp_path):
+    """The baseline evaluates every 10 iterations to 30; the variant at 0, 15, 25 and stopped at 25.
+    The verdict is taken at 25 iterations' tokens, the baseline interpolated halfway between 20 and 30."""
+    out = tmp_path / 'out'
+    make_run(out, 'baseline_s1', 3.0, seed=1, vals={0: 10.0, 10: 6.0, 20: 4.0, 30: 3.0})
+    make_run(out, 'baseline_s2', 3.1, seed=2, vals={0: 10.0, 10: 6.2, 20: 4.2, 30: 3.1})
+    for seed, (mid, last) in enumerate([(5.0, 3.4), (5.2, 3.5)], start=1):
+        make_run(out, f'late_s{seed}', last, model_name='late', seed=seed, status='running',
+                 iters=[0, 5, 15, 25], vals={0: 10.0, 15: mid, 25: last}, max_iters=30)
+    rows = group_rows(out)
+    late = rows['late']
+    assert late['at_tokens'] == 25 * TOKENS_PER_ITER
+    # per seed: 3.4 - (4.0 + 3.0) / 2 = -0.1 and 3.5 - (4.2 + 3.1) / 2 = -0.15
+    assert late['diff_vs_baseline'] == pytest.approx(-0.125)
+    assert late['method'] == 'paired by seed (1, 2)' and late['verdict'].endswith('at 25,600 tokens')
+    # the final-value columns stay final: they are not at equal tokens
+    assert rows['baseline']['mean_final_val_loss'] == pytest.approx(3.05)
+    assert late['mean_final_val_loss'] == pytest.approx(3.45)
+
+
+def test_single_run_groups_against_a_replicated_baseline(tmp_path):
     out = tmp_path / 'out'
     for seed, loss in enumerate([1.5, 1.51, 1.52], start=1):
         make_run(out, f'baseline_s{seed}', loss, seed=seed)
     for seed, loss in enumerate([2.0, 2.01, 2.02], start=1):
-        make_run(out, f'mqa_s{seed}', loss, model_name='mqa', seed=seed)
+        make_run(out, f'mqa_s{seed}', loss, model_name='mqa', seed=seed + 10)
     make_run(out, 'qk_s1', 1.4, model_name='qk_norm')
-    proc = compare_cli(out, '--report_dir', tmp_path / 'r')
-    assert proc.returncode == 0, proc.stderr
-    groups = {g['group']: g for g in read_csv(tmp_path / 'r' / 'groups.csv')}
-    assert groups['mqa']['verdict'] == 'higher loss than baseline, beyond noise'
-    assert float(groups['mqa']['ci95_low']) == pytest.approx(0.5 - 2.776 * math.sqrt(2e-4 / 3), abs=1e-4)
-    single = groups['qk_norm']
-    assert single['n'] == '1' and single['std_final_val_loss'] == '' and single['ci95_low'] == ''
-    assert float(single['diff_vs_baseline']) == pytest.approx(1.4 - 1.51)
-    assert single['verdict'] == 'n=1: no seed noise estimate'
+    make_run(out, 'lonely_s1', 1.6, model_name='lonely')
+    rows = group_rows(out)
+    assert rows['mqa']['verdict'] == 'higher val_loss than baseline, beyond noise at 30,720 tokens'
+    assert rows['mqa']['ci95_low'] == pytest.approx(0.5 - 2.776 * math.sqrt(2e-4 / 3), abs=1e-4)
+    single = rows['qk_norm']  # shares seed 1 with the baseline, but one pair is no paired estimate
+    assert single['n'] == 1 and single['std_final_val_loss'] is None
+    assert single['diff_vs_baseline'] == pytest.approx(1.4 - 1.51)
+    assert 'assumes the baseline seed spread (n=3)' in single['method']
+    half = 4.303 * 0.01 * math.sqrt(4 / 3)
+    assert (single['ci95_low'], single['ci95_high']) == pytest.approx((-0.11 - half, -0.11 + half), abs=1e-4)
+    assert single['verdict'].startswith('lower val_loss than baseline, beyond noise')
+    # against a one-run baseline: a replicated group lends its spread (the mirror image); a single run has none
+    rows = group_rows(out, baseline='lonely_s1')
+    mirrored = compare.single_run_interval(1.6, [2.0, 2.01, 2.02])
+    assert rows['mqa']['method'] == "n=1; assumes the group's seed spread (n=3)"
+    assert (rows['mqa']['ci95_low'], rows['mqa']['ci95_high']) == pytest.approx(
+        (-mirrored['high'], -mirrored['low']))
+    assert rows['mqa']['diff_vs_baseline'] == pytest.approx(0.41)
+    alone = rows['qk_norm']
+    assert alone['verdict'] == 'n=1: no seed noise estimate at 30,720 tokens' and alone['ci95_low'] is None
+    assert alone['diff_vs_baseline'] == pytest.approx(1.4 - 1.6)
 
 
 def test_seed_groups_ignore_bookkeeping_but_split_on_training_settings(tmp_path):
@@ -186,7 +235,8 @@ def test_seed_groups_ignore_bookkeeping_but_split_on_training_settings(tmp_path)
                  source_files=dict(train=dict(path='/elsewhere/train.txt', mtime_ns=2)),
                  train=dict(tokens=1000, sha256='abc'))
     make_run(out, 'b', 2.1, seed=2, compile=True, device='cuda', eval_interval=5, started_at='later',
-             data_dir='/scratch/ts', data=moved, model_args=dict(model_name='baseline', n_layer=2, attn_impl='math'))
+             data_dir='/scratch/ts', data=moved,
+             model_args=dict(model_name='baseline', n_layer=2, attn_impl='math'))
     make_run(out, 'c', 2.2, seed=3, learning_rate=3e-3)
     make_run(out, 'd', 2.3, seed=4, model_args=dict(model_name='baseline', n_layer=3, attn_impl='sdpa'))
     make_run(out, 'e', 2.4, seed=5, data=dict(moved, train=dict(tokens=1000, sha256='other bins')))
@@ -212,108 +262,256 @@ def test_seed_groups_ignore_bookkeeping_but_split_on_training_settings(tmp_path)
     with pytest.raises(SystemExit, match='matches runs in 2 groups'):
         compare.pick_baseline(groups, '[bc]')
 
+# -----------------------------------------------------------------------------
+# the command on hand-built run folders
 
-def test_baseline_flag_and_runs_glob_filter(two_groups, tmp_path):
-    proc = compare_cli(two_groups, '--runs', 'gqa_*', 'baseline_s1', '--baseline', 'gqa_s*', '--report_dir',
-                       tmp_path / 'r')
+
+def test_cli_tables_match_metrics_and_groups_by_hand(two_groups, tmp_path):
+    """The one subprocess test: the command as a user runs it."""
+    report = tmp_path / 'report'
+    proc = run_script(REPO / 'compare.py', two_groups, '--report_dir', report, '--no_samples', timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert [r['run'] for r in read_csv(tmp_path / 'r' / 'summary_table.csv')] == ['baseline_s1', 'gqa_s1', 'gqa_s2']
-    groups = read_csv(tmp_path / 'r' / 'groups.csv')
-    assert [g['group'] for g in groups] == ['gqa', 'baseline'] and groups[0]['verdict'] == 'baseline'
-    assert groups[1]['verdict'] == 'n=1: no seed noise estimate'
-    assert float(groups[1]['diff_vs_baseline']) == pytest.approx(1.8 - 2.1)
-    proc = compare_cli(two_groups, '--runs', 'nothing*', '--report_dir', tmp_path / 'r2')
-    assert proc.returncode != 0 and 'matches none' in proc.stderr and 'gqa_s1' in proc.stderr
+    assert "baseline: baseline (the only group with model_name 'baseline')" in proc.stdout
+    rows = {r['run']: r for r in read_csv(report / 'summary_table.csv')}
+    assert list(rows) == ['baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2']
+    for name, final in [('baseline_s1', 1.8), ('baseline_s2', 1.9), ('gqa_s1', 2.0), ('gqa_s2', 2.2)]:
+        row = rows[name]
+        metrics = read_csv(two_groups / name / 'metrics.csv')
+        vals = [(float(m['val_loss']), int(m['iter'])) for m in metrics if m['val_loss']]
+        assert float(row['final_val_loss']) == final == vals[-1][0]
+        assert (float(row['best_val_loss']), int(row['best_val_iter'])) == min(vals)
+        assert int(row['tokens_seen']) == int(metrics[-1]['tokens_seen']) == 30 * TOKENS_PER_ITER
+        assert int(row['iters']) == 30 and float(row['train_time_s']) == 15.0
+        assert float(row['wall_time_s']) == 15.0  # no wall_time_s in this summary.json: training time
+        assert float(row['final_train_loss']) == float(metrics[-1]['train_loss'])
+        # mean speed = total tokens / total training time (not the mean of the per-interval rates, 1025)
+        assert float(row['tokens_per_s']) == 30 * TOKENS_PER_ITER / 15.0
+        assert row['mfu'] == '' and row['final_val_bpb'] == ''  # never logged: blank, not 0
+        assert row['n_params'] == '12345' and row['status'] == 'completed' and row['tokenizer'] == 'gpt2'
+    assert rows['gqa_s1']['group'] == 'gqa' and rows['baseline_s2']['group'] == 'baseline'
+
+    groups = read_csv(report / 'groups.csv')
+    assert [g['group'] for g in groups] == ['baseline', 'gqa']
+    base, gqa = groups
+    assert base['runs'] == 'baseline_s1 baseline_s2' and base['n'] == '2' and base['verdict'] == 'baseline'
+    assert float(base['mean_final_val_loss']) == pytest.approx(1.85)
+    assert float(base['std_final_val_loss']) == pytest.approx(math.sqrt(0.005))
+    assert float(gqa['mean_final_val_loss']) == pytest.approx(2.1)
+    assert float(gqa['std_final_val_loss']) == pytest.approx(math.sqrt(0.02))
+    assert float(gqa['diff_vs_baseline']) == pytest.approx(0.25)
+    # seeds 1 and 2 pair up: differences 0.2 and 0.3, sd 0.0707, df 1, t 12.706
+    half = 12.706 * math.sqrt(0.005) / math.sqrt(2)
+    assert float(gqa['ci95_low']) == pytest.approx(0.25 - half, abs=1e-3)
+    assert float(gqa['ci95_high']) == pytest.approx(0.25 + half, abs=1e-3)
+    assert gqa['method'] == 'paired by seed (1, 2)' and gqa['df'] == '1.0' and gqa['metric'] == 'val_loss'
+    assert gqa['verdict'] == 'within noise at 30,720 tokens' and gqa['p_holm'] == gqa['p_value']
+    md = (report / 'groups.md').read_text()
+    assert 'within noise' in md and 'ci95_low (unadjusted)' in md and 'verdict (Holm-adjusted)' in md
 
 
 def test_every_output_exists_and_parses(two_groups, tmp_path):
     report = tmp_path / 'report'
     for x in ('iter', 'tokens'):
-        proc = compare_cli('--runs_dir', two_groups, '--x', x, '--report_dir', report / x)
-        assert proc.returncode == 0, proc.stderr
-        assert sorted(p.name for p in (report / x).iterdir()) == sorted(OUTPUTS)  # no temp files left
-        for name in OUTPUTS:
+        compare.main(['--runs_dir', str(two_groups), '--x', x, '--report_dir', str(report / x), '--no_samples'])
+        assert sorted(p.name for p in (report / x).iterdir()) == sorted(TABLES + PLOTS)  # no temp files left
+        for name in TABLES + PLOTS:
             data = (report / x / name).read_bytes()
             if name.endswith('.png'):
                 assert data.startswith(PNG_MAGIC) and len(data) > 5000
             elif name.endswith('.csv'):
                 assert len(read_csv(report / x / name)) in (2, 4)
         page = (report / x / 'report.html').read_text()
-        images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
-        assert len(images) == 6 and all(base64.b64decode(i).startswith(PNG_MAGIC) for i in images)
-        assert 'gqa_s2' in page and 'within noise' in page
+        images = re.findall(r'<h3>([^<]*)</h3><img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">',
+                            page)
+        assert [alt for _, alt, _ in images] == PLOTS
+        assert all(base64.b64decode(data).startswith(PNG_MAGIC) for _, _, data in images)
+        assert all(not heading.endswith('.png') and len(heading) > 30 for heading, _, _ in images)  # says what
+        assert 'gqa_s2' in page and 'within noise' in page and 'Stories' not in page
+        assert page.count('<div class="scroll"><table>') == 2  # wide tables scroll inside the page
     # the x axis really changes: iterations vs tokens seen (1024x larger) draw different curves
     assert 'tokens seen' in (report / 'tokens' / 'report.html').read_text()
     assert (report / 'iter' / 'loss.png').read_bytes() != (report / 'tokens' / 'loss.png').read_bytes()
-    proc = compare_cli(two_groups, '--x', 'time', '--report_dir', report / 'time')
-    assert proc.returncode == 0, proc.stderr
 
 
-def test_unfinished_and_diverged_runs_are_labelled(tmp_path):
+def test_statuses_are_labelled_and_figures_match_the_files(tmp_path, capsys):
     out = tmp_path / 'out'
     make_run(out, 'base_done', 1.8, seed=1)
     make_run(out, 'base_running', 2.5, seed=2, status='running', iters=[0, 10, 20], max_iters=30)
-    make_run(out, 'base_interrupted', 1.95, seed=3, status='interrupted')
+    # Ctrl-C at iteration 24: the last metrics row is 20, the checkpoint and summary.json say 24
+    make_run(out, 'base_interrupted', 1.95, seed=3, status='interrupted', iters=[0, 10, 20], max_iters=30,
+             summary_fields=dict(iters=24, tokens_seen=24 * TOKENS_PER_ITER))
     make_run(out, 'base_diverged', float('inf'), seed=4, status='diverged')
     make_run(out, 'base_nosummary', 1.85, seed=5, summary=False)
-    started = make_run(out, 'gqa_started', 0, model_name='gqa', status='running')
-    (started / 'metrics.csv').write_text('iter,tokens_seen,elapsed_s,lr,train_loss,val_loss,grad_norm,'
-                                         'weight_norm,tokens_per_s,mfu\n')  # no step logged yet
-    proc = compare_cli(out, '--report_dir', tmp_path / 'r')
-    assert proc.returncode == 0, proc.stderr
+    # summary.json says running, but its host has not been heard from since 2020
+    make_run(out, 'base_stale', 1.9, seed=6, status='running',
+             summary_fields=dict(host='another-host', pid=123, heartbeat_at='2020-01-01T00:00:00+00:00'))
+    make_run(out, 'base_failed', 1.97, seed=7, status='failed', summary_fields=dict(message='disk full'))
+    started = make_run(out, 'gqa_started', 0, model_name='gqa', status='running',
+                       summary_fields=dict(iters=0, tokens_seen=0))
+    (started / 'metrics.csv').write_text(','.join(HEADER) + '\n')  # no step logged yet
+    compare.main([str(out), '--report_dir', str(tmp_path / 'r')])
+    err = capsys.readouterr().err
     rows = {r['run']: r for r in read_csv(tmp_path / 'r' / 'summary_table.csv')}
     assert {n: r['status'] for n, r in rows.items()} == dict(
-        base_diverged='diverged', base_done='completed', base_interrupted='interrupted',
-        base_nosummary='unknown', base_running='running', gqa_started='running')
+        base_diverged='diverged', base_done='completed', base_failed='failed', base_interrupted='interrupted',
+        base_nosummary='unknown', base_running='running', base_stale='stale', gqa_started='running')
     assert rows['base_running']['iters'] == '20' and rows['base_running']['final_val_loss'] == '2.5'
-    assert all(rows['gqa_started'][c] == '' for c in ('iters', 'tokens_seen', 'final_val_loss', 'best_val_loss'))
+    assert rows['base_interrupted']['iters'] == '24' and rows['base_interrupted']['tokens_seen'] == str(24 * 1024)
+    assert rows['base_interrupted']['final_val_tokens'] == str(20 * 1024)  # its last val loss was at 20
+    assert float(rows['base_interrupted']['tokens_per_s']) == 20 * TOKENS_PER_ITER / 10.0
+    assert all(rows['gqa_started'][c] == '' for c in ('final_val_loss', 'best_val_loss', 'train_time_s'))
+    assert rows['gqa_started']['iters'] == '0' == rows['gqa_started']['tokens_seen']  # from its summary.json
     table = (tmp_path / 'r' / 'summary_table.md').read_text()
-    assert 'running (in progress)' in table and 'unknown (no summary.json)' in table
+    for text in ('running (in progress)', 'unknown (no summary.json)', 'stale (process gone', '| failed |'):
+        assert text in table
     groups = {g['group']: g for g in read_csv(tmp_path / 'r' / 'groups.csv')}
     base = groups['baseline']
-    assert base['n'] == '4'  # the diverged run is left out of the mean, and the notes say so
-    assert float(base['mean_final_val_loss']) == pytest.approx(np.mean([1.8, 2.5, 1.95, 1.85]))
+    assert base['n'] == '6'  # the diverged run is left out of the mean, and the notes say so
+    assert float(base['mean_final_val_loss']) == pytest.approx(np.mean([1.8, 2.5, 1.95, 1.85, 1.9, 1.97]))
     assert 'base_diverged diverged (left out)' in base['notes']
-    assert 'base_running running (in progress)' in base['notes']
-    assert groups['gqa']['verdict'] == 'no val loss yet'
-    # the running run stopped 10 iterations short: the comparison is not at equal tokens
-    assert 'warning: final val losses were measured after different numbers of tokens' in proc.stderr
-    assert 'different numbers of tokens' in (tmp_path / 'r' / 'report.html').read_text()
+    assert 'base_running running (in progress)' in base['notes'] and 'base_stale stale' in base['notes']
+    assert groups['gqa']['verdict'] == 'no val_loss yet'
+    # the running run stopped 10 iterations short: final values are not at equal tokens, and it says so
+    assert 'warning: final values were measured after different numbers of tokens' in err
+    page = (tmp_path / 'r' / 'report.html').read_text()
+    assert 'different numbers of tokens' in page
+    # stories are on by default; these hand-made runs have no checkpoints, and each group says so
+    assert page.count('no checkpoints in any of its runs') == 2
 
 
-def test_malformed_folders_are_named_and_skipped(two_groups, tmp_path):
+def test_metric_val_bpb_and_older_runs_without_it(tmp_path, capsys):
+    out = tmp_path / 'out'
+    make_run(out, 'baseline_s1', 1.8, seed=1, bpb=0.60)
+    make_run(out, 'baseline_s2', 1.9, seed=2, bpb=0.62)
+    make_run(out, 'gqa_s1', 2.0, model_name='gqa', seed=1, bpb=0.70)
+    make_run(out, 'gqa_s2', 2.2, model_name='gqa', seed=2, bpb=0.71)
+    make_run(out, 'gqa_s3', 2.1, model_name='gqa', seed=3)  # written before val_bpb was logged
+    compare.main([str(out), '--metric', 'val_bpb', '--x', 'time', '--report_dir', str(tmp_path / 'r'),
+                  '--no_samples'])
+    assert 'curves against training time (s, evaluation excluded)' in (tmp_path / 'r' / 'report.html').read_text()
+    rows = {r['run']: r for r in read_csv(tmp_path / 'r' / 'summary_table.csv')}
+    assert float(rows['gqa_s1']['final_val_bpb']) == 0.70 and rows['gqa_s3']['final_val_bpb'] == ''
+    assert rows['gqa_s3']['final_val_loss'] == '2.1'
+    gqa = {g['group']: g for g in read_csv(tmp_path / 'r' / 'groups.csv')}['gqa']
+    assert gqa['metric'] == 'val_bpb' and gqa['n'] == '2'  # gqa_s3 has no val_bpb to judge on
+    assert float(gqa['mean_final_val_bpb']) == pytest.approx(0.705)
+    assert float(gqa['mean_final_val_loss']) == pytest.approx(2.1)  # val loss still shown, over 3 runs
+    assert float(gqa['diff_vs_baseline']) == pytest.approx(((0.70 - 0.60) + (0.71 - 0.62)) / 2)
+    assert gqa['method'] == 'paired by seed (1, 2)' and gqa['verdict'].startswith('higher val_bpb than baseline')
+    assert 'mean_final_val_bpb' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        compare.main([str(out), '--metric', 'bpb', '--report_dir', str(tmp_path / 'r2')])
+    assert str(e.value.code) == "compare.py: error: --metric 'bpb': expected one of val_loss, val_bpb"
+    assert not (tmp_path / 'r2').exists()
+
+
+def test_runs_on_different_tokenizers_are_judged_on_bits_per_byte(tmp_path):
+    out = tmp_path / 'out'
+    bpe = dict(name='bpe4k', vocab_size=4096, eot_token=0, sha256='f00', file='tokenizer.json')
+    make_run(out, 'baseline_s1', 7.0, seed=1, bpb=0.60)
+    make_run(out, 'baseline_s2', 7.1, seed=2, bpb=0.61)
+    make_run(out, 'bpe_s1', 3.0, seed=1, bpb=0.64, tokenizer=bpe)
+    make_run(out, 'bpe_s2', 3.1, seed=2, bpb=0.66, tokenizer=bpe)
+    loaded, _ = compare.load_runs(sorted(out.iterdir()))
+    groups = compare.seed_groups(loaded)
+    assert len(groups) == 2  # the tokenizer is a setting: it splits groups
+    metric, note = compare.judged_metric(groups, 'val_loss')
+    assert metric == 'val_bpb' and 'different tokenizers (bpe4k, gpt2)' in note and 'val_bpb' in note
+    rows = {r['name']: compare.run_numbers(r) for r in loaded}
+    assert rows['bpe_s1']['tokenizer'] == 'bpe4k' and rows['baseline_s1']['tokenizer'] == 'gpt2'
+    table = compare.group_table(groups, groups[0], rows, metric)
+    # a loss per token 4 nats lower is not a better model: in bits per byte it is worse
+    assert table[1]['diff_vs_baseline'] == pytest.approx(0.045) and table[1]['metric'] == 'val_bpb'
+    assert note in compare.groups_markdown(table, 'baseline', 'why', [], [note])
+    assert compare.judged_metric(groups[:1], 'val_loss') == ('val_loss', None)
+
+
+def test_tuned_table_compares_each_variant_at_its_own_best_learning_rate(tmp_path, capsys):
+    out = tmp_path / 'out'
+    finals = {('baseline', 1e-3): [2.0, 2.1], ('baseline', 3e-3): [1.8, 1.9],   # best 3e-3, mean 1.85
+              ('gqa', 1e-3): [1.7, 1.82], ('gqa', 3e-3): [2.2, 2.3]}           # best 1e-3, mean 1.76
+    for (model_name, lr), losses in finals.items():
+        for seed, loss in enumerate(losses, start=1):
+            make_run(out, f'{model_name}_lr{lr:g}_s{seed}', loss, model_name=model_name, seed=seed,
+                     learning_rate=lr)
+    compare.main([str(out), '--tune', 'learning_rate', '--report_dir', str(tmp_path / 'r'), '--no_samples'])
+    tuned = read_csv(tmp_path / 'r' / 'tuned.csv')
+    assert [(t['variant'], t['best_value'], t['values_tried']) for t in tuned] == [
+        ('baseline', 'learning_rate=0.003', 'learning_rate=0.001; learning_rate=0.003'),
+        ('gqa', 'learning_rate=0.001', 'learning_rate=0.001; learning_rate=0.003')]
+    base, gqa = tuned
+    assert base['verdict'] == 'baseline' and base['runs'] == 'baseline_lr0.003_s1 baseline_lr0.003_s2'
+    assert float(base['mean_final_val_loss']) == pytest.approx(1.85)
+    assert float(gqa['mean_final_val_loss']) == pytest.approx(1.76)
+    # paired by seed: 1.7 - 1.8 and 1.82 - 1.9
+    assert float(gqa['diff_vs_baseline']) == pytest.approx(-0.09) and gqa['method'] == 'paired by seed (1, 2)'
+    check = stats.ttest_rel([1.7, 1.82], [1.8, 1.9])
+    assert float(gqa['ci95_low']) == pytest.approx(check.confidence_interval().low)
+    # the seed-group table still has one row per learning rate and variant, against the tuned baseline
+    groups = read_csv(tmp_path / 'r' / 'groups.csv')
+    assert [g['group'] for g in groups] == ['baseline [learning_rate=0.003]', 'baseline [learning_rate=0.001]',
+                                            'gqa [learning_rate=0.001]', 'gqa [learning_rate=0.003]']
+    assert (tmp_path / 'r' / 'tuned.png').read_bytes().startswith(PNG_MAGIC)
+    assert 'Tuned: each variant at its own best value' in (tmp_path / 'r' / 'report.html').read_text()
+    assert '| gqa | learning_rate=0.001 |' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"--tune warmup: no run's config.json has warmup \(keys: "):
+        compare.main([str(out), '--tune', 'warmup', '--report_dir', str(tmp_path / 'r2')])
+
+
+def test_baseline_flag_and_runs_glob_filter(two_groups, tmp_path):
+    compare.main([str(two_groups), '--run_names', 'gqa_*', 'baseline_s1', '--baseline', 'gqa_s*', '--out_dir',
+                  str(two_groups), '--report_dir', str(tmp_path / 'r'), '--no_samples'])
+    runs = [r['run'] for r in read_csv(tmp_path / 'r' / 'summary_table.csv')]
+    assert runs == ['baseline_s1', 'gqa_s1', 'gqa_s2']
+    groups = read_csv(tmp_path / 'r' / 'groups.csv')
+    assert [g['group'] for g in groups] == ['gqa', 'baseline'] and groups[0]['verdict'] == 'baseline'
+    assert float(groups[1]['diff_vs_baseline']) == pytest.approx(1.8 - 2.1)
+    assert 'assumes the baseline seed spread (n=2)' in groups[1]['method']
+    with pytest.raises(SystemExit, match="matches none of the runs.*gqa_s1"):
+        compare.main([str(two_groups), '--runs', 'nothing*', '--report_dir', str(tmp_path / 'r2')])
+    with pytest.raises(SystemExit, match='two runs dirs given'):
+        compare.main([str(two_groups), '--runs_dir', str(tmp_path), '--report_dir', str(tmp_path / 'r2')])
+
+
+def test_malformed_folders_are_named_and_skipped(two_groups, capsys):
     bad = make_run(two_groups, 'bad_metrics', 2.0, seed=9)
-    (bad / 'metrics.csv').write_text('iter,tokens_seen,elapsed_s,lr,train_loss,val_loss,grad_norm,weight_norm,'
-                                     'tokens_per_s,mfu\n0,0,0,0.001,,oops,1,1,,\n')
+    (bad / 'metrics.csv').write_text(','.join(HEADER) + '\n0,0,0,0.001,,oops,1,1,,\n')
     (make_run(two_groups, 'bad_config', 2.0, seed=8) / 'config.json').write_text('{"seed": 1,')
-    proc = compare_cli(two_groups, '--report_dir', tmp_path / 'r')
-    assert proc.returncode == 0, proc.stderr
-    skipped = [line for line in proc.stderr.splitlines() if line.startswith('compare.py: skipping')]
+    loaded, skipped = compare.load_runs(compare.find_runs(two_groups))
+    err = capsys.readouterr().err
+    assert [r['name'] for r in loaded] == ['baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2']
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith('compare.py: skipping') for line in lines)
+    assert 'bad_config' in lines[0] and 'config.json' in lines[0]
+    assert 'bad_metrics' in lines[1] and "val_loss='oops'" in lines[1]
     assert len(skipped) == 2
-    assert 'bad_config' in skipped[0] and 'config.json' in skipped[0]
-    assert 'bad_metrics' in skipped[1] and "val_loss='oops'" in skipped[1]
-    assert 'Traceback' not in proc.stderr
-    assert [r['run'] for r in read_csv(tmp_path / 'r' / 'summary_table.csv')] == [
-        'baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2']
 
 
-def test_empty_or_missing_runs_dir_is_one_clear_line(tmp_path):
+def test_bad_input_is_one_clear_line(two_groups, tmp_path):
     (tmp_path / 'empty').mkdir()
     for folder, expected in [(tmp_path / 'empty', 'no runs in'), (tmp_path / 'missing', 'not found')]:
-        proc = compare_cli(folder, '--report_dir', tmp_path / 'r')
-        assert proc.returncode != 0
-        assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr
-        assert 'Traceback' not in proc.stderr
+        with pytest.raises(SystemExit) as e:
+            compare.main([str(folder), '--report_dir', str(tmp_path / 'r')])
+        assert str(e.value.code).startswith('compare.py: error: ') and expected in str(e.value.code)
+        assert '\n' not in str(e.value.code)
     assert not (tmp_path / 'r').exists()
+    # a report dir that cannot be a folder: named, before any plot is drawn
+    (tmp_path / 'a_file').write_text('x')
+    with pytest.raises(SystemExit) as e:
+        compare.main([str(two_groups), '--report_dir', str(tmp_path / 'a_file' / 'report')])
+    where = tmp_path / 'a_file' / 'report'
+    assert str(e.value.code) == f"compare.py: error: cannot write the report to {where}: Not a directory"
+    with pytest.raises(SystemExit, match=r"--device: device 'cuda:7'"):
+        compare.main([str(two_groups), '--device', 'cuda:7', '--report_dir', str(tmp_path / 'r')])
 
 # -----------------------------------------------------------------------------
 # end to end on real runs
 
 
-def test_compare_real_smoke_runs(smoke_runs, tmp_path):
+def test_compare_real_smoke_runs_with_stories(smoke_runs, tmp_path):
+    import sample
     report = tmp_path / 'report'
-    proc = compare_cli(smoke_runs, '--report_dir', report, '--x', 'tokens')
-    assert proc.returncode == 0, proc.stderr
+    compare.main([str(smoke_runs), '--report_dir', str(report), '--x', 'tokens', '--device', 'cpu'])
     rows = {r['run']: r for r in read_csv(report / 'summary_table.csv')}
     assert sorted(rows) == ['baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2']
     for name, row in rows.items():
@@ -330,16 +528,24 @@ def test_compare_real_smoke_runs(smoke_runs, tmp_path):
         assert float(row['wall_time_s']) == pytest.approx(summary['wall_time_s'])
         assert float(row['train_time_s']) == pytest.approx(summary['train_time_s'], abs=1e-3)
         assert summary['wall_time_s'] >= summary['train_time_s']
-        assert float(row['tokens_per_s']) == pytest.approx(summary['tokens_per_s_mean'], rel=1e-6)
+        speed = summary['tokens_seen'] / summary['train_time_s']  # total tokens / total training time
+        assert float(row['tokens_per_s']) == pytest.approx(speed, rel=1e-3)
     groups = {g['group']: g for g in read_csv(report / 'groups.csv')}
     assert sorted(groups) == ['baseline', 'gqa']
     assert groups['baseline']['runs'] == 'baseline_s1 baseline_s2' and groups['baseline']['n'] == '2'
     assert groups['gqa']['runs'] == 'gqa_s1 gqa_s2' and groups['gqa']['n'] == '2'
-    gqa = [float(rows[n]['final_val_loss']) for n in ('gqa_s1', 'gqa_s2')]
-    base = [float(rows[n]['final_val_loss']) for n in ('baseline_s1', 'baseline_s2')]
-    diff, low, high, _ = compare.welch_interval(gqa, base)
-    assert float(groups['gqa']['diff_vs_baseline']) == pytest.approx(diff)
-    if low != high:
-        assert float(groups['gqa']['ci95_low']) == pytest.approx(low)
-    for name in OUTPUTS:
+    diffs = [float(rows[f'gqa_s{s}']['final_val_loss']) - float(rows[f'baseline_s{s}']['final_val_loss'])
+             for s in (1, 2)]
+    assert float(groups['gqa']['diff_vs_baseline']) == pytest.approx(np.mean(diffs))
+    assert groups['gqa']['method'] == 'paired by seed (1, 2)'
+    assert int(groups['gqa']['at_tokens']) == int(rows['gqa_s1']['tokens_seen'])
+    for name in TABLES + PLOTS:
         assert (report / name).stat().st_size > 0
+    # stories: every prompt continued by each group's model, side by side, none failed
+    page = (report / 'report.html').read_text()
+    stories = page[page.index('<h2>Stories'):page.index('<h2>Runs')]
+    assert 'could not sample' not in stories and 'no checkpoints' not in stories
+    assert 'baseline_s1, checkpoint 30' in stories and 'gqa_s1, checkpoint 30' in stories
+    cells = re.findall(r'<td class="story"><b>([^<]*)</b>([^<]*)</td>', stories)
+    assert [prompt for prompt, _ in cells] == [p for p in sample.REPORT_PROMPTS for _ in range(2)]
+    assert all(text.strip() for _, text in cells)
