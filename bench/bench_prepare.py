@@ -1,7 +1,7 @@
 """
 Tokenization speed of prepare.py, end to end (read, tokenize, write the bins, checksum, meta.json).
 
-    python bench/bench_prepare.py                # ../shared/data/tinystories/train.txt repeated 10x (~40 MB)
+    python bench/bench_prepare.py                # the bundled sample's train split repeated 10x (~40 MB)
     python bench/bench_prepare.py --repeat 3 --runs 1 --num_threads 2
 
 Builds the source folder in a temporary directory (never inside the repo) and times prepare.prepare(),
@@ -21,15 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import prepare  # noqa: E402
 
-default_text = Path(os.environ.get('TINYSTORIES_DIR', REPO.parent / 'shared' / 'data' / 'tinystories')) / 'train.txt'
 parser = argparse.ArgumentParser(description="Tokenization speed of prepare.py")
-parser.add_argument('--text', default=str(default_text), help="a .txt source file (stories separated by <|endoftext|>)")
+parser.add_argument('--text', default=None,
+                    help="a .txt source file (stories separated by <|endoftext|>); default: the bundled sample's train split")
 parser.add_argument('--repeat', type=int, default=10, help="copies of the text in the benchmark's train file")
 parser.add_argument('--runs', type=int, default=5, help="report the median and best of this many runs")
 parser.add_argument('--num_threads', type=int, default=None, help="as prepare.py (default: all CPUs)")
 args = parser.parse_args()
-if not os.path.isfile(args.text):
-    sys.exit(f"bench_prepare.py: error: {args.text} not found (set TINYSTORIES_DIR or pass --text)")
+if args.text is not None and not os.path.isfile(args.text):
+    sys.exit(f"bench_prepare.py: error: {args.text} not found (expected a .txt file of stories)")
 
 num_threads = args.num_threads or os.cpu_count()
 load_before = os.getloadavg()[0]
@@ -38,11 +38,15 @@ end_to_end, raw, cpu = [], [], []
 with tempfile.TemporaryDirectory() as tmp:
     source = Path(tmp) / 'source'
     source.mkdir()
-    text = Path(args.text).read_text(encoding='utf-8').strip()
+    if args.text is None:
+        import gzip
+        text = gzip.decompress((prepare.SAMPLE_DIR / prepare.SAMPLE_FILES['train']).read_bytes()).decode('utf-8').strip()
+    else:
+        text = Path(args.text).read_text(encoding='utf-8').strip()
     (source / 'train.txt').write_text('\n<|endoftext|>\n'.join([text] * args.repeat) + '\n', encoding='utf-8')
     (source / 'validation.txt').write_text(text + '\n', encoding='utf-8')
     mb = (source / 'train.txt').stat().st_size / 1e6
-    print(f"source: {args.text} x{args.repeat} = {mb:.1f} MB train + {mb / args.repeat:.1f} MB val; {num_threads} threads, "
+    print(f"source: {args.text or 'data_sample train'} x{args.repeat} = {mb:.1f} MB train + {mb / args.repeat:.1f} MB val; {num_threads} threads, "
           f"{os.cpu_count()} CPUs, tiktoken {__import__('tiktoken').__version__}, numpy {prepare.np.__version__}")
 
     stories = list(prepare.read_stories(source / 'train.txt'))
