@@ -3,11 +3,16 @@ Score checkpoints on targeted prompts: does the model know that Lily is a girl, 
 one more make three, where the ball is? Quick evidence of what a model has learned, long before
 its stories read well.
 
-    python eval_harness.py --out_dir out                          # every run in out/, latest checkpoint
-    python eval_harness.py --run_names baseline_s1 'gqa_*'        # some runs (names or globs)
-    python eval_harness.py --checkpoint_step 2000                 # that step in every run
+    python eval_harness.py --runs_dir out                         # every run in out/, latest checkpoint
+    python eval_harness.py --runs baseline_s1 'gqa_*'             # some runs (names or globs)
+    python eval_harness.py --checkpoint_step 2000                 # that step in every run (or: best)
     python eval_harness.py --prompts my_prompts.json --report_dir comparisons/my_eval
     python eval_harness.py --temperature 0.8 --top_k 40 --seed 1  # sample instead of greedy decoding
+
+--runs_dir is also spelled --out_dir and --runs --run_names, as in compare.py. --checkpoint_step best
+takes each run's checkpoints/ckpt_best.pt (its lowest val loss). Every run is encoded and decoded
+with the tokenizer it was trained on (runs.load_run_model); a run whose tokenizer file is missing
+or changed is skipped with the reason.
 
 A prompt is one of two kinds (lm-evaluation-harness's generate_until and multiple_choice):
 - generative: the model continues `prompt` (greedy by default, batched with the key/value cache);
@@ -19,10 +24,15 @@ A prompt is one of two kinds (lm-evaluation-harness's generate_until and multipl
   character of the choice) is reported beside it but awards no points.
 Points: a passed prompt earns its `score`; weighted score = points earned / all points.
 
+Seed groups: runs that differ only in their seed (runs.seed_groups, the grouping compare.py uses)
+get accuracy and weighted score as mean ± std over their seeds (sample std, n - 1), beside the
+per-run rows, which also show each run's status (completed, running, stale, failed, ...).
+
 The prompt file is checked completely before any model loads; a bad one stops the script with one
 line naming the prompt id and the problem. A run without checkpoints (or without --checkpoint_step)
 is reported and skipped. Outputs in --report_dir (default comparisons/eval_harness): eval_results.csv,
-summary_table.csv, summary_table.md, category_breakdown.csv, difficulty_breakdown.csv, settings.json.
+summary_table.csv, summary_table.md (runs and seed groups), groups.csv, category_breakdown.csv,
+difficulty_breakdown.csv, settings.json.
 """
 import argparse
 import csv
@@ -31,7 +41,9 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,11 +51,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model import CheckpointError, load_checkpoint
-from runs import RunError, atomic_write_json, atomic_write_text, find_runs, list_checkpoints
+from model import pick_device
+from runs import (RunError, add_run_args, atomic_write_json, atomic_write_text, find_runs, load_run_model,
+                  parse_step, read_run, resolve_checkpoint, seed_groups)
 
 DEFAULT_PROMPTS = 'eval/prompts_tinystories.json'
-MATCH_TYPES = ('contains', 'exact', 'prefix', 'regex')
 REQUIRED_KEYS = ('id', 'category', 'difficulty', 'score', 'prompt')
 OPTIONAL_KEYS = ('answers', 'match', 'case_sensitive', 'choices', 'answer_index', 'note')
 CHOICE_DELIMITER = ' '  # between prompt and choice, as lm-evaluation-harness's target_delimiter
@@ -194,22 +206,37 @@ def _trim(text):
     return ' '.join(text.split()).strip(EDGE_PUNCTUATION)
 
 
+def match_contains(completion, answer, flags):
+    """The answer occurs as whole words anywhere in the completion."""
+    return re.search(_words_pattern(answer), completion, flags) is not None
+
+
+def match_prefix(completion, answer, flags):
+    """The completion (edge punctuation and quotes trimmed) starts with the answer's whole words."""
+    return re.match(_words_pattern(answer), _trim(completion), flags) is not None
+
+
+def match_exact(completion, answer, flags):
+    """The completion is the answer, both trimmed of edge punctuation and quotes."""
+    a, c = _trim(answer), _trim(completion)
+    return a == c if not flags & re.IGNORECASE else a.casefold() == c.casefold()
+
+
+def match_regex(completion, answer, flags):
+    """The answer is a regular expression found anywhere in the completion (re.search)."""
+    return re.search(answer, completion, flags) is not None
+
+
+# a prompt's `match` -> the function that says whether one answer matches a (cut) completion
+MATCHERS = {'contains': match_contains, 'exact': match_exact, 'prefix': match_prefix, 'regex': match_regex}
+MATCH_TYPES = tuple(MATCHERS)
+
+
 def answer_matches(completion, answer, match='contains', case_sensitive=False):
-    """Does one answer match a (cut) completion?
-    contains: the answer occurs as whole words anywhere; prefix: the completion starts with the
-    answer's whole words; exact: the completion is the answer (both trimmed of edge punctuation and
-    quotes); regex: re.search. Case-insensitive unless case_sensitive."""
-    flags = 0 if case_sensitive else re.IGNORECASE
-    if match == 'contains':
-        return re.search(_words_pattern(answer), completion, flags) is not None
-    if match == 'prefix':
-        return re.match(_words_pattern(answer), _trim(completion), flags) is not None
-    if match == 'exact':
-        a, c = _trim(answer), _trim(completion)
-        return a == c if case_sensitive else a.casefold() == c.casefold()
-    if match == 'regex':
-        return re.search(answer, completion, flags) is not None
-    raise ValueError(f"unknown match {match!r}: expected one of {', '.join(MATCH_TYPES)}")
+    """Does one answer match a (cut) completion? Case-insensitive unless case_sensitive."""
+    if match not in MATCHERS:
+        raise ValueError(f"unknown match {match!r}: expected one of {', '.join(MATCH_TYPES)}")
+    return MATCHERS[match](completion, answer, 0 if case_sensitive else re.IGNORECASE)
 
 
 def passes(prompt, completion):
@@ -226,17 +253,18 @@ def _batches(items, size):
 
 
 def evaluate_model(model, tok, prompts, max_new_tokens=20, batch_size=64, temperature=0.0, top_k=None,
-                   generator=None, eot_token=50256, progress=None):
-    """One result dict per prompt (in file order). Generative prompts are generated in batches of
-    similar length (less padding); multiple-choice prompts are scored by model.score."""
-    encoded = [tok.encode_ordinary(p['prompt']) for p in prompts]
+                   generator=None, progress=None):
+    """One result dict per prompt (in file order). tok is the model's own tokenizer (prepare.Tokenizer:
+    encode, decode, eot_token). Generative prompts are generated in batches of similar length (less
+    padding); multiple-choice prompts are scored by model.score."""
+    encoded = [tok.encode(p['prompt']) for p in prompts]
     results = [None] * len(prompts)
     gen = sorted((i for i, p in enumerate(prompts) if p['type'] == 'generate'), key=lambda i: len(encoded[i]))
     mc = sorted((i for i, p in enumerate(prompts) if p['type'] == 'choice'), key=lambda i: len(encoded[i]))
 
     for batch in _batches(gen, batch_size):
         new_tokens = model.generate([encoded[i] for i in batch], max_new_tokens, temperature=temperature,
-                                    top_k=top_k, eot_token=eot_token, generator=generator)
+                                    top_k=top_k, eot_token=tok.eot_token, generator=generator)
         for i, toks in zip(batch, new_tokens):
             generated = tok.decode(toks)
             completion = cut_completion(generated)
@@ -260,7 +288,7 @@ def evaluate_model(model, tok, prompts, max_new_tokens=20, batch_size=64, temper
         for i in chunk:
             for c in prompts[i]['choices']:
                 contexts.append(encoded[i])
-                continuations.append(tok.encode_ordinary(CHOICE_DELIMITER + c))
+                continuations.append(tok.encode(CHOICE_DELIMITER + c))
         logprobs, _ = model.score(contexts, continuations, batch_size=batch_size)
         k = 0
         for i in chunk:
@@ -336,22 +364,45 @@ def summarize(rows, by=None):
     return out
 
 
-def summary_rows(rows, model_names):
+def summary_rows(rows, run_info):
     """summary_table rows: the overall totals plus the accuracy's standard error, and accuracy on
-    each kind of prompt (generative; multiple choice by acc and by acc_norm)."""
+    each kind of prompt (generative; multiple choice by acc and by acc_norm). run_info: {run:
+    dict(model_name, status, group)}, what the table shows of each run beside its scores."""
     out = []
     for s in summarize(rows):
         g = [r for r in rows if (r['run'], r['step']) == (s['run'], s['step'])]
         gen = [r for r in g if r['type'] == 'generate']
         mc = [r for r in g if r['type'] == 'choice']
         n, acc = s['prompts'], s['accuracy']
+        info = run_info.get(s['run'], {})
         out.append(dict(
-            run=s['run'], model_name=model_names.get(s['run'], ''), step=s['step'], prompts=n, passed=s['passed'],
+            run=s['run'], model_name=info.get('model_name', ''), group=info.get('group', ''), step=s['step'],
+            status=info.get('status', ''), prompts=n, passed=s['passed'],
             accuracy=acc, accuracy_stderr=math.sqrt(acc * (1 - acc) / (n - 1)) if n > 1 else math.nan,
             weighted_score=s['weighted_score'], points=s['points'], max_points=s['max_points'],
             generate_accuracy=sum(r['passed'] for r in gen) / len(gen) if gen else math.nan,
             choice_accuracy=sum(r['passed'] for r in mc) / len(mc) if mc else math.nan,
             choice_acc_norm=sum(r['passed_norm'] for r in mc) / len(mc) if mc else math.nan))
+    return out
+
+
+def group_rows(summary, groups):
+    """groups.csv rows: per seed group (runs.seed_groups), accuracy and weighted score as mean and
+    std over its evaluated runs (sample std, n - 1; nan for a single run), and the steps measured."""
+    out = []
+    for group in groups:
+        names = {r['name'] for r in group['runs']}
+        members = [s for s in summary if s['run'] in names]
+        if not members:
+            continue
+        row = dict(group=group['label'], model_name=group['model_name'],
+                   runs=' '.join(s['run'] for s in members), n=len(members),
+                   steps=' '.join(dict.fromkeys(str(s['step']) for s in members)))
+        for key in ('accuracy', 'weighted_score'):
+            values = [s[key] for s in members]
+            row[f'{key}_mean'] = statistics.fmean(values)
+            row[f'{key}_std'] = statistics.stdev(values) if len(values) > 1 else math.nan
+        out.append(row)
     return out
 
 
@@ -370,108 +421,179 @@ def csv_text(rows, columns):
     return buf.getvalue()
 
 
-def markdown_table(summary, settings):
-    def pct(v):
-        return '' if math.isnan(v) else f'{100 * v:.1f}%'
+def _pct(v):
+    return '' if math.isnan(v) else f'{100 * v:.1f}%'
+
+
+def markdown_table(summary, groups, settings):
     lines = [f"# Prompt eval: {settings['prompts_file']} ({settings['n_prompts']} prompts, "
              f"{settings['n_multiple_choice']} multiple choice)", '',
              f"Decoding: {settings['decoding']}, max_new_tokens={settings['max_new_tokens']}. "
              "Multiple choice awards points by acc; acc_norm is shown for reference.", '',
-             '| run | model | step | accuracy | weighted score | prompts | generative acc | MC acc | MC acc_norm |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+             '| run | model | step | status | accuracy | weighted score | prompts | generative acc | MC acc '
+             '| MC acc_norm |',
+             '|---|---|---:|---|---:|---:|---:|---:|---:|---:|']
     for s in summary:
-        lines.append(f"| {s['run']} | {s['model_name']} | {s['step']} | {pct(s['accuracy'])} "
-                     f"\u00b1 {pct(s['accuracy_stderr']).rstrip('%')} | {pct(s['weighted_score'])} | {s['prompts']} | "
-                     f"{pct(s['generate_accuracy'])} | {pct(s['choice_accuracy'])} | {pct(s['choice_acc_norm'])} |")
+        lines.append(f"| {s['run']} | {s['model_name']} | {s['step']} | {s['status']} | "
+                     f"{_pct(s['accuracy'])} \u00b1 {_pct(s['accuracy_stderr']).rstrip('%')} | {_pct(s['weighted_score'])} | "
+                     f"{s['prompts']} | {_pct(s['generate_accuracy'])} | {_pct(s['choice_accuracy'])} | "
+                     f"{_pct(s['choice_acc_norm'])} |")
+    lines += ['', '## Seed groups', '',
+              'Runs that differ only in their seed; mean \u00b1 std over the seeds (percentage points, '
+              'sample std).', '',
+              '| group | runs | n | step | accuracy | weighted score |', '|---|---|---:|---|---:|---:|']
+
+    def spread(g, key):
+        if g['n'] == 1:
+            return f"{_pct(g[key + '_mean'])} (1 run)"
+        return f"{_pct(g[key + '_mean'])} \u00b1 {100 * g[key + '_std']:.1f}"
+    for g in groups:
+        lines.append(f"| {g['group']} | {g['runs']} | {g['n']} | {g['steps']} | {spread(g, 'accuracy')} | "
+                     f"{spread(g, 'weighted_score')} |")
     return '\n'.join(lines) + '\n'
+
+# -----------------------------------------------------------------------------
+# evaluating checkpoints and writing the report
+
+
+def select_checkpoints(runs_dir, patterns, step):
+    """([(run_dir, step label, checkpoint path)], [(run name, reason)]): the checkpoint of each run
+    to evaluate (step None = newest, an int, 'best'), and the runs skipped with the reason."""
+    found = find_runs(runs_dir, patterns)
+    skipped = []
+    for name in patterns or []:
+        if not any(fnmatch.fnmatchcase(r.name, name) for r in found):
+            skipped.append((name, f"no run folder {Path(runs_dir) / name} (with config.json and metrics.csv)"))
+    chosen = []
+    for run_dir in found:
+        try:
+            label, path = resolve_checkpoint(run_dir, step)
+        except RunError as e:  # its message starts with the run's name, which the caller prints first
+            skipped.append((run_dir.name, str(e).removeprefix(f"{run_dir.name}: ")))
+            continue
+        chosen.append((run_dir, label, path))
+    return chosen, skipped
+
+
+def evaluate_checkpoint(run_dir, step, prompts, device, max_new_tokens=20, batch_size=64, temperature=0.0,
+                        top_k=None, seed=1337):
+    """Load one run's checkpoint with the run's own tokenizer and score it on every prompt. Returns
+    (eval_results rows, an entry for settings.json). Raises ValueError (one line) when the checkpoint,
+    its tokenizer or its context length rule it out."""
+    model, ckpt, tok, label = load_run_model(run_dir, step, device)
+    cfg = model.config
+    if max_new_tokens >= cfg.block_size:
+        raise ValueError(f"--max_new_tokens={max_new_tokens} needs a block_size above it "
+                         f"(this model: {cfg.block_size})")
+    too_long = []
+    for p in prompts:
+        needed = len(tok.encode(p['prompt'])) + (max_new_tokens if p['type'] == 'generate' else 0)
+        if needed > cfg.block_size:
+            too_long.append(p['id'])
+    if too_long:
+        named = ', '.join(too_long[:5]) + (', ...' if len(too_long) > 5 else '')
+        print(f"warning: {run_dir.name}: {len(too_long)} prompt(s) longer than block_size={cfg.block_size} "
+              f"allows keep only their last tokens ({named})")
+    generator = None
+    if temperature > 0:  # reset for every checkpoint: each run sees the same random stream
+        generator = torch.Generator(device=device).manual_seed(seed)
+    t0 = time.perf_counter()
+    with tqdm(total=len(prompts), desc=f"{run_dir.name}@{label}", unit='prompt', file=sys.stderr) as bar:
+        results = evaluate_model(model, tok, prompts, max_new_tokens, batch_size, temperature, top_k,
+                                 generator, progress=bar)
+    entry = dict(run=run_dir.name, step=label, model_name=cfg.model_name, iter_num=ckpt.get('iter_num'),
+                 tokenizer=tok.name, tokenizer_sha256=tok.sha256, eval_s=round(time.perf_counter() - t0, 3))
+    return result_rows(run_dir.name, label, prompts, results), entry
+
+
+SUMMARY_COLUMNS = ['run', 'model_name', 'group', 'step', 'status', 'prompts', 'passed', 'accuracy',
+                   'accuracy_stderr', 'weighted_score', 'points', 'max_points', 'generate_accuracy',
+                   'choice_accuracy', 'choice_acc_norm']
+GROUP_COLUMNS = ['group', 'model_name', 'runs', 'n', 'steps', 'accuracy_mean', 'accuracy_std',
+                 'weighted_score_mean', 'weighted_score_std']
+BREAKDOWN_TOTALS = ['prompts', 'passed', 'accuracy', 'points', 'max_points', 'weighted_score']
+
+
+def check_report_dir(report_dir):
+    """A one-line reason why report_dir cannot be written, or None. Checked before the slow part;
+    creates nothing."""
+    folder = existing = Path(report_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"--report_dir {folder}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--report_dir {folder}: {existing} is not writable (permission denied); choose another folder"
+    return None
+
+
+def write_report(report_dir, rows, summary, groups, settings):
+    """Every output file, each written atomically."""
+    report = Path(report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(report / 'eval_results.csv', csv_text(rows, RESULT_COLUMNS))
+    atomic_write_text(report / 'summary_table.csv', csv_text(summary, SUMMARY_COLUMNS))
+    atomic_write_text(report / 'groups.csv', csv_text(groups, GROUP_COLUMNS))
+    atomic_write_text(report / 'summary_table.md', markdown_table(summary, groups, settings))
+    atomic_write_text(report / 'category_breakdown.csv',
+                      csv_text(summarize(rows, 'category'), ['run', 'step', 'category'] + BREAKDOWN_TOTALS))
+    atomic_write_text(report / 'difficulty_breakdown.csv',
+                      csv_text(summarize(rows, 'difficulty'), ['run', 'step', 'difficulty'] + BREAKDOWN_TOTALS))
+    atomic_write_json(report / 'settings.json', settings)
 
 # -----------------------------------------------------------------------------
 # command line
 
 
-def pick_device(name):
-    if name != 'auto':
-        return name
-    if torch.cuda.is_available():
-        return 'cuda'
-    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
-        return 'mps'
-    return 'cpu'
-
-
-def select_checkpoints(out_dir, run_names, step):
-    """([(run_dir, step, checkpoint path)], [(run name, reason)]): the checkpoint of each run to
-    evaluate, and the runs skipped with the reason."""
-    runs = find_runs(out_dir, run_names)
-    skipped = []
-    for name in run_names or []:
-        if not any(fnmatch.fnmatchcase(r.name, name) for r in runs):
-            skipped.append((name, f"no run folder {Path(out_dir) / name} (with config.json and metrics.csv)"))
-    chosen = []
-    for run_dir in runs:
-        ckpts = list_checkpoints(run_dir)
-        if not ckpts:
-            skipped.append((run_dir.name, f"no checkpoints in {run_dir / 'checkpoints'} "
-                                          "(none saved yet, or trained with save_checkpoints=False)"))
-        elif step is None:
-            last = max(ckpts)
-            chosen.append((run_dir, last, ckpts[last]))
-        elif step not in ckpts:
-            skipped.append((run_dir.name, f"no checkpoint at step {step} (has {', '.join(map(str, ckpts))})"))
-        else:
-            chosen.append((run_dir, step, ckpts[step]))
-    return chosen, skipped
+def fail(message):
+    sys.exit(f"eval_harness.py: error: {message}")
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--out_dir', '--runs_dir', dest='out_dir', default='out',
-                    help="folder of run folders, as train.py's out_dir (default: out)")
-    ap.add_argument('--run_names', nargs='+', default=None, help='runs to evaluate (names or globs; default: all)')
-    ap.add_argument('--checkpoint_step', type=int, default=None,
-                    help="evaluate this step's checkpoint (default: each run's latest)")
+    add_run_args(ap)
+    ap.add_argument('--checkpoint_step', type=parse_step, default=None, metavar='N|best',
+                    help="this step's checkpoint, or best (lowest val loss); default: each run's latest")
     ap.add_argument('--prompts', default=DEFAULT_PROMPTS, help=f'prompt file (default: {DEFAULT_PROMPTS})')
     ap.add_argument('--report_dir', default='comparisons/eval_harness', help='where the tables go')
     ap.add_argument('--max_new_tokens', type=int, default=20, help='tokens generated per prompt (default: 20)')
     ap.add_argument('--batch_size', type=int, default=64, help='prompts (or prompt+choice pairs) per forward pass')
-    ap.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps')
+    ap.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps')
     ap.add_argument('--temperature', type=float, default=0.0, help='0 = greedy (default); > 0 samples')
     ap.add_argument('--top_k', type=int, default=None, help='sample from the k most likely tokens only')
     ap.add_argument('--seed', type=int, default=1337, help='sampling seed (reset for every checkpoint)')
+    ap.error = fail  # one line and exit 1, not a usage dump
     args = ap.parse_args(argv)
     if args.max_new_tokens < 1:
-        ap.error(f"--max_new_tokens={args.max_new_tokens}: expected at least 1")
+        fail(f"--max_new_tokens={args.max_new_tokens}: expected at least 1")
     if args.batch_size < 1:
-        ap.error(f"--batch_size={args.batch_size}: expected at least 1")
+        fail(f"--batch_size={args.batch_size}: expected at least 1")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
-        ap.error(f"--temperature={args.temperature}: expected 0 (greedy) or a positive number")
+        fail(f"--temperature={args.temperature}: expected 0 (greedy) or a positive number")
     if args.top_k is not None and args.top_k < 1:
-        ap.error(f"--top_k={args.top_k}: expected at least 1")
+        fail(f"--top_k={args.top_k}: expected at least 1")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    # the prompt file is checked in full before anything slow happens
-    try:
+    try:  # everything that can be checked before a model loads
         prompts = load_prompts(args.prompts)
-    except PromptFileError as e:
-        sys.exit(f"eval_harness.py: error: {e}")
-    try:
-        chosen, skipped = select_checkpoints(args.out_dir, args.run_names, args.checkpoint_step)
-    except RunError as e:
-        sys.exit(f"eval_harness.py: error: {e}")
+        device = pick_device(args.device)
+        chosen, skipped = select_checkpoints(args.runs_dir, args.runs, args.checkpoint_step)
+    except ValueError as e:  # PromptFileError, RunError, a device this machine lacks
+        fail(e)
     for name, reason in skipped:
         print(f"skipped {name}: {reason}")
     if not chosen:
-        wanted = f" matching {' '.join(args.run_names)}" if args.run_names else ''
-        sys.exit(f"eval_harness.py: error: nothing to evaluate: no run{wanted} in {args.out_dir} has a usable checkpoint "
-                 "(train.py writes out/<run_name>/checkpoints/ckpt_<iter>.pt)")
+        wanted = f" matching {' '.join(args.runs)}" if args.runs else ''
+        fail(f"nothing to evaluate: no run{wanted} in {args.runs_dir} has a usable checkpoint "
+             "(train.py writes out/<run_name>/checkpoints/ckpt_<iter>.pt)")
+    problem = check_report_dir(args.report_dir)
+    if problem:
+        fail(problem)
 
-    from prepare import EOT_TOKEN, get_tokenizer
-    tok = get_tokenizer()
-    device = pick_device(args.device)
     decoding = ('greedy' if args.temperature == 0 else
                 f'sampling (temperature={args.temperature}, top_k={args.top_k}, seed={args.seed})')
     if args.temperature == 0 and args.top_k is not None:
@@ -479,49 +601,29 @@ def main(argv=None):
     n_mc = sum(p['type'] == 'choice' for p in prompts)
     print(f"{len(prompts)} prompts ({n_mc} multiple choice) from {args.prompts}; {decoding}; device {device}")
 
-    rows, evaluated, model_names = [], [], {}
+    rows, evaluated, loaded, run_info = [], [], [], {}
     for run_dir, step, path in chosen:
         try:
-            model, ckpt = load_checkpoint(path, device)
-        except CheckpointError as e:
+            run = read_run(run_dir)
+            run_rows, entry = evaluate_checkpoint(run_dir, step, prompts, device, args.max_new_tokens,
+                                                  args.batch_size, args.temperature, args.top_k, args.seed)
+        except ValueError as e:  # RunError, CheckpointError, DataError (a missing or changed tokenizer file)
             skipped.append((run_dir.name, str(e)))
             print(f"skipped {run_dir.name}: {e}")
             continue
-        cfg = model.config
-        problem = None
-        if cfg.vocab_size < tok.n_vocab:
-            problem = f"{path}: vocab_size={cfg.vocab_size} is smaller than the GPT-2 tokenizer's {tok.n_vocab}"
-        elif args.max_new_tokens >= cfg.block_size:
-            problem = (f"--max_new_tokens={args.max_new_tokens} needs a block_size above it "
-                       f"(this model: {cfg.block_size})")
-        if problem:
-            skipped.append((run_dir.name, problem))
-            print(f"skipped {run_dir.name}: {problem}")
-            continue
-        too_long = [p['id'] for p in prompts
-                    if len(tok.encode_ordinary(p['prompt'])) + (0 if p['type'] == 'choice' else args.max_new_tokens)
-                    > cfg.block_size]
-        if too_long:
-            named = ', '.join(too_long[:5]) + (', ...' if len(too_long) > 5 else '')
-            print(f"warning: {run_dir.name}: {len(too_long)} prompt(s) longer than block_size={cfg.block_size} "
-                  f"allows keep only their last tokens ({named})")
-        generator = None
-        if args.temperature > 0:
-            generator = torch.Generator(device=device).manual_seed(args.seed)
-        t0 = time.perf_counter()
-        with tqdm(total=len(prompts), desc=f"{run_dir.name}@{step}", unit='prompt', file=sys.stderr) as bar:
-            results = evaluate_model(model, tok, prompts, args.max_new_tokens, args.batch_size, args.temperature,
-                                     args.top_k, generator, EOT_TOKEN, progress=bar)
-        dt_s = time.perf_counter() - t0
-        rows += result_rows(run_dir.name, step, prompts, results)
-        model_names[run_dir.name] = cfg.model_name
-        evaluated.append(dict(run=run_dir.name, step=step, checkpoint=str(path), model_name=cfg.model_name,
-                              iter_num=ckpt.get('iter_num'), eval_s=round(dt_s, 3)))
-        del model
+        rows += run_rows
+        loaded.append(run)
+        evaluated.append(dict(entry, checkpoint=str(path), status=run['status']))
+        run_info[run_dir.name] = dict(model_name=entry['model_name'], status=run['status'])
     if not evaluated:
-        sys.exit("eval_harness.py: error: nothing was evaluated: every selected checkpoint was skipped (see above)")
+        fail("nothing was evaluated: every selected checkpoint was skipped (see above)")
 
-    summary = summary_rows(rows, model_names)
+    groups = seed_groups(loaded)
+    for group in groups:
+        for run in group['runs']:
+            run_info[run['name']]['group'] = group['label']
+    summary = summary_rows(rows, run_info)
+    group_summary = group_rows(summary, groups)
     settings = dict(
         prompts_file=str(args.prompts), prompts_sha256=hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest(),
         n_prompts=len(prompts), n_multiple_choice=n_mc, decoding=decoding, temperature=args.temperature,
@@ -530,27 +632,18 @@ def main(argv=None):
         checkpoint_step=args.checkpoint_step if args.checkpoint_step is not None else 'latest',
         completion_cut='leading spaces dropped, cut at the first line break, then after the first sentence end (. ! ?)',
         multiple_choice_points='acc (highest summed log-prob of " <choice>"); acc_norm reported only',
+        group_spread='std over the seeds of a group (sample std, n - 1)',
         evaluated=evaluated, skipped=[dict(run=n, reason=r) for n, r in skipped],
         created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
-
-    report = Path(args.report_dir)
-    report.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(report / 'eval_results.csv', csv_text(rows, RESULT_COLUMNS))
-    summary_cols = ['run', 'model_name', 'step', 'prompts', 'passed', 'accuracy', 'accuracy_stderr', 'weighted_score',
-                    'points', 'max_points', 'generate_accuracy', 'choice_accuracy', 'choice_acc_norm']
-    atomic_write_text(report / 'summary_table.csv', csv_text(summary, summary_cols))
-    atomic_write_text(report / 'summary_table.md', markdown_table(summary, settings))
-    totals = ['prompts', 'passed', 'accuracy', 'points', 'max_points', 'weighted_score']
-    atomic_write_text(report / 'category_breakdown.csv',
-                      csv_text(summarize(rows, 'category'), ['run', 'step', 'category'] + totals))
-    atomic_write_text(report / 'difficulty_breakdown.csv',
-                      csv_text(summarize(rows, 'difficulty'), ['run', 'step', 'difficulty'] + totals))
-    atomic_write_json(report / 'settings.json', settings)
+    try:
+        write_report(args.report_dir, rows, summary, group_summary, settings)
+    except OSError as e:  # disk full, permissions, a file where the folder should be
+        fail(f"--report_dir {args.report_dir}: cannot write {e.filename or 'the report'}: {e.strerror or e}")
 
     print()
-    print(markdown_table(summary, settings))
-    print(f"wrote eval_results.csv, summary_table.csv/.md, category_breakdown.csv, difficulty_breakdown.csv, "
-          f"settings.json to {report}")
+    print(markdown_table(summary, group_summary, settings))
+    print(f"wrote eval_results.csv, summary_table.csv/.md, groups.csv, category_breakdown.csv, "
+          f"difficulty_breakdown.csv, settings.json to {args.report_dir}")
 
 
 if __name__ == '__main__':

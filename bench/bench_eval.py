@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import eval_harness as eh  # noqa: E402
-from model import GPT, load_checkpoint, make_config, save_checkpoint  # noqa: E402
-from prepare import EOT_TOKEN, get_tokenizer  # noqa: E402
+from model import GPT, load_checkpoint, make_config, pick_device, save_checkpoint  # noqa: E402
+from prepare import load_tokenizer  # noqa: E402
 
 
 def model_from_config(path, seed, device):
@@ -38,14 +38,14 @@ def model_from_config(path, seed, device):
 
 
 @torch.no_grad()
-def naive_generate(model, ids, max_new_tokens):
+def naive_generate(model, ids, max_new_tokens, eot_token):
     """Greedy, one prompt, no cache: the full context goes through the model for every new token."""
     idx = torch.tensor([ids], device=model.lm_head.weight.device)
     out = []
     for _ in range(max_new_tokens):
         logits, _ = model(idx[:, -model.config.block_size:])
         nxt = int(logits[0, -1, :model.config.vocab_size].argmax())
-        if nxt == EOT_TOKEN:
+        if nxt == eot_token:
             break
         out.append(nxt)
         idx = torch.cat([idx, idx.new_tensor([[nxt]])], dim=1)
@@ -55,12 +55,12 @@ def naive_generate(model, ids, max_new_tokens):
 def naive_evaluate(model, tok, prompts, max_new_tokens):
     results = []
     for p in prompts:
-        ids = tok.encode_ordinary(p['prompt'])
+        ids = tok.encode(p['prompt'])
         if p['type'] == 'generate':
-            generated = tok.decode(naive_generate(model, ids, max_new_tokens))
+            generated = tok.decode(naive_generate(model, ids, max_new_tokens, tok.eot_token))
             results.append(dict(generated=generated, completion=eh.cut_completion(generated)))
         else:
-            lps = [model.score([ids], [tok.encode_ordinary(' ' + c)], batch_size=1)[0][0] for c in p['choices']]
+            lps = [model.score([ids], [tok.encode(' ' + c)], batch_size=1)[0][0] for c in p['choices']]
             results.append(eh.choice_result(p, lps))
     return results
 
@@ -87,12 +87,14 @@ def main():
     ap.add_argument('--repeats', type=int, default=3, help='time each way this many times, keep the best')
     args = ap.parse_args()
 
-    tok = get_tokenizer()
+    args.device = pick_device(args.device)
     prompts = eh.load_prompts(args.prompts)
-    if args.checkpoint:
-        model, _ = load_checkpoint(args.checkpoint, args.device)
+    if args.checkpoint:  # a run's checkpoint: its tokenizer is the one recorded (run_dir/tokenizer.json)
+        model, ckpt = load_checkpoint(args.checkpoint, args.device)
+        tok = load_tokenizer(ckpt.get('tokenizer'), os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint))))
         source = args.checkpoint
     else:
+        tok = load_tokenizer()  # GPT-2
         model = model_from_config(args.shape, args.seed, args.device)
         source = f'random weights, shape of {args.shape}'
     model.eval()
@@ -107,8 +109,8 @@ def main():
     eh.evaluate_model(model, tok, prompts[:4], args.max_new_tokens, args.batch_size)  # warm-up
     rows = []
     for kind, subset in kinds.items():
-        fast, fast_s = timed(lambda: eh.evaluate_model(model, tok, subset, args.max_new_tokens, args.batch_size,
-                                                       eot_token=EOT_TOKEN), args.repeats)
+        fast, fast_s = timed(lambda: eh.evaluate_model(model, tok, subset, args.max_new_tokens, args.batch_size),
+                             args.repeats)
         slow, slow_s = timed(lambda: naive_evaluate(model, tok, subset, args.max_new_tokens), args.repeats)
         for p, f, s in zip(subset, fast, slow):
             if kind == 'generate':

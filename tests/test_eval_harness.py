@@ -1,22 +1,31 @@
 """eval_harness.py: cutting and every match type, scoring and breakdowns by hand, the multiple-choice
-path, batched generation against one prompt at a time, each bad prompt file, skipped runs, the shipped
-prompt file, and an end-to-end run on real smoke-trained checkpoints."""
+path, batched generation against one prompt at a time, each bad prompt file, skipped runs, the best
+checkpoint, seed-group aggregation by hand, run status, each run's own tokenizer, an unwritable report
+folder, the shipped prompt file, and an end-to-end run on real smoke-trained checkpoints."""
 import collections
 import csv
+import hashlib
 import json
 import math
+import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import eval_harness as eh
+import runs
 from conftest import REPO, run_script
 from model import GPT, load_checkpoint, make_config, save_checkpoint
-from prepare import EOT_TOKEN, get_tokenizer
+from prepare import load_tokenizer
 
-OUTPUTS = ['eval_results.csv', 'summary_table.csv', 'summary_table.md', 'category_breakdown.csv',
+OUTPUTS = ['eval_results.csv', 'summary_table.csv', 'summary_table.md', 'groups.csv', 'category_breakdown.csv',
            'difficulty_breakdown.csv', 'settings.json']
+SHIPPED = REPO / 'eval' / 'prompts_tinystories.json'
+EOT_TEXT = '<|endoftext|>'
 
 
 def read_csv(path):
@@ -24,21 +33,53 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def tiny_model(seed=0, block_size=64):
+def tiny_model(seed=0, block_size=64, vocab_size=None):
     torch.manual_seed(seed)
-    return GPT(make_config('baseline', n_layer=1, n_head=2, n_embd=16, block_size=block_size)).eval()
+    vocab = {} if vocab_size is None else dict(vocab_size=vocab_size)
+    return GPT(make_config('baseline', n_layer=1, n_head=2, n_embd=16, block_size=block_size, **vocab)).eval()
 
 
-def make_run(root, name, steps, seed=0):
-    """A run folder the way train.py leaves it, as far as the harness reads it: checkpoints at steps."""
+def write_bpe_tokenizer(folder):
+    """A small byte-level BPE trained with Hugging Face tokenizers (as prepare.py trains one), saved as
+    folder/tokenizer.json; returns its info as a checkpoint records it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOT_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator([p['prompt'] for p in json.loads(SHIPPED.read_text())['prompts']], trainer=trainer)
+    path = folder / 'tokenizer.json'
+    hf.save(str(path))
+    return dict(name='bpe400', vocab_size=hf.get_vocab_size(), eot_token=hf.token_to_id(EOT_TEXT),
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(), file='tokenizer.json')
+
+
+def make_run(root, name, steps, seed=0, config=None, summary=None, bpe=False):
+    """A run folder the way train.py leaves it, as far as the harness reads it: config.json (run_name plus
+    `config`), summary.json if given, checkpoints at steps. bpe: the run carries its own small BPE
+    tokenizer (tokenizer.json, recorded in its checkpoints); otherwise GPT-2, recorded as older
+    checkpoints did (not at all)."""
     run = root / name
     (run / 'checkpoints').mkdir(parents=True)
-    (run / 'config.json').write_text(json.dumps(dict(run_name=name)))
+    (run / 'config.json').write_text(json.dumps(dict(run_name=name, **(config or {}))))
     (run / 'metrics.csv').write_text('iter,tokens_seen,elapsed_s,lr,train_loss,val_loss,grad_norm,weight_norm,'
                                      'tokens_per_s,mfu\n')
+    if summary is not None:
+        (run / 'summary.json').write_text(json.dumps(summary))
+    info = write_bpe_tokenizer(run) if bpe else None
     for step in steps:
-        save_checkpoint(run / 'checkpoints' / f'ckpt_{step:06d}.pt', tiny_model(seed + step), iter_num=step)
+        model = tiny_model(seed + step, vocab_size=info['vocab_size'] if bpe else None)
+        save_checkpoint(run / 'checkpoints' / f'ckpt_{step:06d}.pt', model, iter_num=step,
+                        **(dict(tokenizer=info) if bpe else {}))
     return run
+
+
+def light_copy(run, dest):
+    """A copy of a run folder whose checkpoints are hard links (fast; the test must not change them)."""
+    shutil.copytree(run, dest, copy_function=lambda src, dst: os.link(src, dst) if src.endswith('.pt')
+                    else shutil.copy2(src, dst))
+    return dest
 
 
 def write_prompts(path, prompts):
@@ -120,9 +161,10 @@ def test_weighted_score_and_breakdowns_by_hand():
     rows = eh.result_rows('r1', 30, prompts, results)
     assert [r['points'] for r in rows] == [1, 0, 3, 0]
     assert rows[2]['choice_logprobs'] == '-5.0000;-1.0000' and rows[2]['completion'] == 'q'
-    summary = eh.summary_rows(rows, {'r1': 'baseline'})
+    summary = eh.summary_rows(rows, {'r1': dict(model_name='baseline', status='completed')})
     assert len(summary) == 1
     s = summary[0]
+    assert (s['model_name'], s['status']) == ('baseline', 'completed')
     assert (s['prompts'], s['passed'], s['points'], s['max_points']) == (4, 2, 4, 10)
     assert s['accuracy'] == 0.5 and s['weighted_score'] == pytest.approx(0.4)
     assert s['accuracy_stderr'] == pytest.approx(math.sqrt(0.25 / 3))
@@ -151,7 +193,7 @@ class StubScorer:
 
 
 def test_choice_picks_highest_loglikelihood_and_acc_norm_divides_by_length():
-    tok = get_tokenizer()
+    tok = load_tokenizer()
     prompt = dict(MC, choices=['cold', 'freezing'], answer_index=1, type='choice', match='loglikelihood')
     # sum: 'cold' (-4) beats 'freezing' (-6); per character 'freezing' (-0.75) beats 'cold' (-1.0)
     stub = StubScorer(tok, {' cold': -4.0, ' freezing': -6.0})
@@ -163,7 +205,7 @@ def test_choice_picks_highest_loglikelihood_and_acc_norm_divides_by_length():
 
 
 def test_choice_batches_keep_pairs_within_batch_size():
-    tok = get_tokenizer()
+    tok = load_tokenizer()
     prompts = [dict(MC, id=f'm{i}', choices=['a', 'b', 'c'], answer_index=i % 3, type='choice',
                     match='loglikelihood') for i in range(5)]
     stub = StubScorer(tok, {' a': -3.0, ' b': -1.0, ' c': -2.0})
@@ -173,14 +215,14 @@ def test_choice_batches_keep_pairs_within_batch_size():
 
 
 def test_choice_agrees_with_model_score_on_a_real_model():
-    tok = get_tokenizer()
+    tok = load_tokenizer()
     model = tiny_model(3)
     prompts = [dict(p, type='choice', match='loglikelihood') for p in eh.load_prompts(
-        REPO / 'eval' / 'prompts_tinystories.json') if p['type'] == 'choice'][:12]
+        SHIPPED) if p['type'] == 'choice'][:12]
     results = eh.evaluate_model(model, tok, prompts, batch_size=5)
     for p, r in zip(prompts, results):
-        lps, _ = model.score([tok.encode_ordinary(p['prompt'])] * len(p['choices']),
-                             [tok.encode_ordinary(' ' + c) for c in p['choices']], batch_size=1)
+        lps, _ = model.score([tok.encode(p['prompt'])] * len(p['choices']),
+                             [tok.encode(' ' + c) for c in p['choices']], batch_size=1)
         assert r['chosen_index'] == max(range(len(lps)), key=lambda j: lps[j])
         assert r['choice_logprobs'] == pytest.approx(lps, abs=1e-4)
 
@@ -190,12 +232,12 @@ def test_choice_agrees_with_model_score_on_a_real_model():
 
 def test_batched_generation_returns_each_prompts_own_greedy_completion():
     """Prompts are sorted by length and batched; every result must still be that prompt's own."""
-    tok = get_tokenizer()
+    tok = load_tokenizer()
     model = tiny_model(5)
-    prompts = [p for p in eh.load_prompts(REPO / 'eval' / 'prompts_tinystories.json') if p['type'] == 'generate'][:10]
+    prompts = [p for p in eh.load_prompts(SHIPPED) if p['type'] == 'generate'][:10]
     results = eh.evaluate_model(model, tok, prompts, max_new_tokens=6, batch_size=4)
     for p, r in zip(prompts, results):
-        [alone] = model.generate([tok.encode_ordinary(p['prompt'])], 6, eot_token=EOT_TOKEN)
+        [alone] = model.generate([tok.encode(p['prompt'])], 6, eot_token=tok.eot_token)
         assert r['generated'] == tok.decode(alone)
         assert r['completion'] == eh.cut_completion(r['generated'])
 
@@ -241,7 +283,7 @@ def test_bad_prompt_file_is_one_line_before_any_model_loads(tmp_path, monkeypatc
 
     def no_load(*a, **k):
         raise AssertionError('a model was loaded before the prompt file was checked')
-    monkeypatch.setattr(eh, 'load_checkpoint', no_load)
+    monkeypatch.setattr(eh, 'load_run_model', no_load)
     with pytest.raises(SystemExit) as exc:
         eh.main(['--out_dir', str(out), '--prompts', str(path), '--report_dir', str(tmp_path / 'report')])
     text = str(exc.value.code)
@@ -253,7 +295,7 @@ def test_bad_prompt_file_is_one_line_before_any_model_loads(tmp_path, monkeypatc
 def test_bad_prompt_file_from_the_command_line(tmp_path):
     path = write_prompts(tmp_path / 'p.json', [GEN, dict(MC, id='m7', answer_index=5)])
     proc = run_script(REPO / 'eval_harness.py', '--out_dir', tmp_path / 'nowhere', '--prompts', path, timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "prompt 'm7'" in lines[0] and 'answer_index' in lines[0]
 
@@ -337,7 +379,7 @@ def test_no_runs_is_one_clear_line(tmp_path):
 
 
 def test_shipped_prompt_file_validates_and_meets_the_counts():
-    prompts = eh.load_prompts(REPO / 'eval' / 'prompts_tinystories.json')
+    prompts = eh.load_prompts(SHIPPED)
     assert len(prompts) >= 80
     categories = collections.Counter(p['category'] for p in prompts)
     assert len(categories) >= 6 and min(categories.values()) >= 8
@@ -345,12 +387,162 @@ def test_shipped_prompt_file_validates_and_meets_the_counts():
     for p in prompts:  # harder items are worth more
         assert p['score'] == p['difficulty'], p['id']
     assert sum(p['type'] == 'choice' for p in prompts) / len(prompts) >= 0.4
-    tok = get_tokenizer()
+    tok = load_tokenizer()
     for p in prompts:
         if p['type'] == 'choice':  # each choice must be a distinct continuation of a few tokens
-            assert all(1 <= len(tok.encode_ordinary(' ' + c)) <= 4 for c in p['choices']), p['id']
+            assert all(1 <= len(tok.encode(' ' + c)) <= 4 for c in p['choices']), p['id']
         # the answer should be the model's to produce, not already at the end of the prompt
-        assert len(tok.encode_ordinary(p['prompt'])) <= 40, p['id']
+        assert len(tok.encode(p['prompt'])) <= 40, p['id']
+
+# -----------------------------------------------------------------------------
+# the best checkpoint, seed groups, run status, each run's own tokenizer, the report folder
+
+
+def test_best_checkpoint_is_evaluated_when_asked(tmp_path, capsys):
+    out = tmp_path / 'out'
+    run = make_run(out, 'r1', [10, 20])
+    shutil.copy(run / 'checkpoints' / 'ckpt_000010.pt', runs.best_checkpoint_path(run))
+    make_run(out, 'r2', [5])
+    prompts = write_prompts(tmp_path / 'p.json', [GEN, MC, dict(GEN, id='g2', prompt='Dad is a man. Mom is a')])
+    common = ['--runs_dir', str(out), '--prompts', str(prompts), '--max_new_tokens', '6', '--device', 'cpu']
+    eh.main(common + ['--checkpoint_step', 'best', '--report_dir', str(tmp_path / 'best')])
+    assert 'skipped r2: no best checkpoint' in capsys.readouterr().out
+    eh.main(common + ['--checkpoint_step', '10', '--runs', 'r1', '--report_dir', str(tmp_path / 'step10')])
+    best, step10 = read_csv(tmp_path / 'best' / 'eval_results.csv'), read_csv(tmp_path / 'step10' / 'eval_results.csv')
+    assert {r['step'] for r in best} == {'best'} and {r['run'] for r in best} == {'r1'}
+    # ckpt_best.pt holds the step-10 weights: the same answers, not step 20's
+    keys = ('prompt_id', 'generated', 'completion', 'passed', 'choice_logprobs')
+    assert [tuple(r[k] for k in keys) for r in best] == [tuple(r[k] for k in keys) for r in step10]
+    settings = json.loads((tmp_path / 'best' / 'settings.json').read_text())
+    assert settings['checkpoint_step'] == 'best' and settings['evaluated'][0]['iter_num'] == 10
+    with pytest.raises(SystemExit) as exc:
+        eh.main(common + ['--checkpoint_step', 'last', '--report_dir', str(tmp_path / 'x')])
+    assert "'last': expected an iteration number or 'best'" in str(exc.value.code)
+
+
+def test_group_mean_and_std_by_hand():
+    loaded = [dict(name=n, config=dict(model_name=m, seed=seed, n_layer=2))
+              for n, m, seed in [('b1', 'baseline', 1), ('g1', 'gqa', 1), ('b2', 'baseline', 2), ('b3', 'baseline', 3)]]
+    summary = [dict(run='b1', step=30, accuracy=0.5, weighted_score=0.4),
+               dict(run='g1', step=30, accuracy=0.55, weighted_score=0.45),
+               dict(run='b2', step=30, accuracy=0.6, weighted_score=0.5),
+               dict(run='b3', step=20, accuracy=0.7, weighted_score=0.9)]
+    base, gqa = eh.group_rows(summary, runs.seed_groups(loaded))
+    assert (base['group'], base['runs'], base['n'], base['steps']) == ('baseline', 'b1 b2 b3', 3, '30 20')
+    # mean 0.6, deviations -0.1 0 0.1: sample std sqrt(0.02 / 2) = 0.1
+    assert base['accuracy_mean'] == pytest.approx(0.6) and base['accuracy_std'] == pytest.approx(0.1)
+    # mean 0.6, deviations -0.2 -0.1 0.3: sqrt(0.14 / 2)
+    assert base['weighted_score_mean'] == pytest.approx(0.6)
+    assert base['weighted_score_std'] == pytest.approx(math.sqrt(0.07))
+    assert (gqa['n'], gqa['accuracy_mean']) == (1, 0.55) and math.isnan(gqa['accuracy_std'])
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+    proc.wait()
+    return proc.pid
+
+
+def test_groups_and_status_beside_the_per_run_rows(tmp_path):
+    out = tmp_path / 'out'
+    make_run(out, 'base_s1', [10], seed=1, config=dict(model_name='baseline', seed=1),
+             summary=dict(status='completed'))
+    make_run(out, 'base_s2', [10], seed=2, config=dict(model_name='baseline', seed=2),
+             summary=dict(status='running', host=socket.gethostname(), pid=dead_pid()))
+    make_run(out, 'wide_s1', [10], seed=3, config=dict(model_name='baseline', seed=1, n_embd=32),
+             summary=dict(status='failed', message='out of memory'))
+    prompts = write_prompts(tmp_path / 'p.json', [GEN, MC, dict(MC, id='m2', prompt='The ice is cold, but the fire is',
+                                                                  choices=['hot', 'cold'])])
+    report = tmp_path / 'report'
+    eh.main(['--runs_dir', str(out), '--prompts', str(prompts), '--report_dir', str(report), '--max_new_tokens', '4',
+             '--device', 'cpu'])
+    summary = {s['run']: s for s in read_csv(report / 'summary_table.csv')}
+    assert {r: s['status'] for r, s in summary.items()} == dict(base_s1='completed', base_s2='stale', wide_s1='failed')
+    groups = {g['runs']: g for g in read_csv(report / 'groups.csv')}
+    assert set(groups) == {'base_s1 base_s2', 'wide_s1'}
+    assert summary['base_s1']['group'] == summary['base_s2']['group'] == groups['base_s1 base_s2']['group']
+    a, b = (float(summary[r]['accuracy']) for r in ('base_s1', 'base_s2'))
+    pair = groups['base_s1 base_s2']
+    assert float(pair['accuracy_mean']) == pytest.approx((a + b) / 2, abs=1e-4)
+    assert float(pair['accuracy_std']) == pytest.approx(abs(a - b) / math.sqrt(2), abs=1e-4)
+    assert groups['wide_s1']['accuracy_std'] == '' and groups['wide_s1']['n'] == '1'
+    md = (report / 'summary_table.md').read_text()
+    assert '| base_s2 | baseline | 10 | stale |' in md and '| wide_s1 | baseline | 10 | failed |' in md
+    assert '## Seed groups' in md and '| base_s1 base_s2 | 2 | 10 |' in md and '(1 run)' in md
+
+
+def test_each_run_is_evaluated_with_its_own_tokenizer(tmp_path):
+    """A run with its own BPE is encoded and decoded with it; once its tokenizer file is changed or gone
+    it is skipped with one line naming the file (never decoded with GPT-2's), and the other run is still
+    evaluated."""
+    from tokenizers import Tokenizer
+    out = tmp_path / 'out'
+    make_run(out, 'a_gpt2', [10])
+    bpe = make_run(out, 'b_bpe', [10], seed=4, bpe=True)
+    prompts = write_prompts(tmp_path / 'p.json', [GEN, dict(GEN, id='g2', prompt='Dad is a man. Mom is a'), MC])
+    args = ['--runs_dir', str(out), '--prompts', str(prompts), '--max_new_tokens', '8', '--device', 'cpu']
+    eh.main(args + ['--report_dir', str(tmp_path / 'ok')])
+    rows = [r for r in read_csv(tmp_path / 'ok' / 'eval_results.csv') if r['run'] == 'b_bpe']
+    hf = Tokenizer.from_file(str(bpe / 'tokenizer.json'))
+    model, _ = load_checkpoint(bpe / 'checkpoints' / 'ckpt_000010.pt')
+    eot = hf.token_to_id(EOT_TEXT)
+    for r in rows[:2]:
+        prompt = GEN['prompt'] if r['prompt_id'] == 'g1' else 'Dad is a man. Mom is a'
+        [ids] = model.generate([hf.encode(prompt, add_special_tokens=False).ids], 8, eot_token=eot)
+        assert r['generated'] == hf.decode(ids, skip_special_tokens=False)
+    settings = json.loads((tmp_path / 'ok' / 'settings.json').read_text())
+    assert {e['run']: e['tokenizer'] for e in settings['evaluated']} == dict(a_gpt2='gpt2', b_bpe='bpe400')
+
+    path = bpe / 'tokenizer.json'
+    for change, message in ((lambda: path.write_text(path.read_text() + '\n'), 'sha256'), (path.unlink, 'not found')):
+        change()
+        report = tmp_path / message.replace(' ', '_')
+        eh.main(args + ['--report_dir', str(report)])
+        settings = json.loads((report / 'settings.json').read_text())
+        assert [e['run'] for e in settings['evaluated']] == ['a_gpt2']
+        [skip] = settings['skipped']
+        assert skip['run'] == 'b_bpe' and str(path) in skip['reason'] and message in skip['reason']
+        assert '\n' not in skip['reason']
+        assert {r['run'] for r in read_csv(report / 'eval_results.csv')} == {'a_gpt2'}
+
+
+def test_bpe_run_is_evaluated_with_its_own_tokenizer(bpe_run, tmp_path):
+    """A run trained on the bpe4k data is scored by eval_harness.py with its own tokenizer."""
+    report = tmp_path / 'report'
+    prompts = write_prompts(tmp_path / 'p.json', [GEN, MC])
+    eh.main(['--runs_dir', str(bpe_run.parent), '--runs', bpe_run.name, '--prompts', str(prompts),
+             '--report_dir', str(report), '--max_new_tokens', '8', '--device', 'cpu'])
+    [entry] = json.loads((report / 'settings.json').read_text())['evaluated']
+    assert entry['tokenizer'] == 'bpe4k'
+    from tokenizers import Tokenizer
+    hf = Tokenizer.from_file(str(bpe_run / 'tokenizer.json'))  # read here, not through the code under test
+    assert hf.get_vocab_size() == 4096
+    model, _ = load_checkpoint(runs.resolve_checkpoint(bpe_run)[1])
+    [ids] = model.generate([hf.encode(GEN['prompt'], add_special_tokens=False).ids], 8,
+                           eot_token=hf.token_to_id(EOT_TEXT))
+    [row] = [r for r in read_csv(report / 'eval_results.csv') if r['prompt_id'] == 'g1']
+    assert row['generated'] == hf.decode(ids, skip_special_tokens=False)
+
+
+def test_unwritable_report_dir_is_one_line(tmp_path, monkeypatch):
+    out = tmp_path / 'out'
+    make_run(out, 'r1', [10])
+    prompts = write_prompts(tmp_path / 'p.json', [GEN])
+    (tmp_path / 'a_file').write_text('not a folder')
+    args = ['--runs_dir', str(out), '--prompts', str(prompts), '--max_new_tokens', '4', '--device', 'cpu']
+    with pytest.raises(SystemExit) as exc:  # found before any model loads
+        eh.main(args + ['--report_dir', str(tmp_path / 'a_file' / 'report')])
+    text = str(exc.value.code)
+    assert text.startswith('eval_harness.py: error: --report_dir ') and 'a_file' in text and 'not a folder' in text
+
+    def disk_full(path, text):
+        raise OSError(28, 'No space left on device', str(path) + '.tmp')
+    monkeypatch.setattr(eh, 'atomic_write_text', disk_full)
+    with pytest.raises(SystemExit) as exc:  # a write that fails at the end
+        eh.main(args + ['--report_dir', str(tmp_path / 'report')])
+    text = str(exc.value.code)
+    assert text.startswith('eval_harness.py: error: --report_dir ') and 'No space left on device' in text
+    assert '\n' not in text and 'eval_results.csv' in text
 
 # -----------------------------------------------------------------------------
 # end to end on real checkpoints (the shared smoke runs: baseline_s1/s2, gqa_s1/s2, steps 15 and 30)
@@ -358,14 +550,12 @@ def test_shipped_prompt_file_validates_and_meets_the_counts():
 
 def test_end_to_end_on_smoke_runs(smoke_runs, tmp_path):
     report = tmp_path / 'latest'
-    proc = run_script(REPO / 'eval_harness.py', '--out_dir', smoke_runs, '--report_dir', report, '--device', 'cpu',
-                      timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    n_prompts = len(eh.load_prompts(REPO / 'eval' / 'prompts_tinystories.json'))
+    eh.main(['--out_dir', str(smoke_runs), '--prompts', str(SHIPPED), '--report_dir', str(report), '--device', 'cpu'])
+    n_prompts = len(eh.load_prompts(SHIPPED))
     summary = read_csv(report / 'summary_table.csv')
-    assert [(s['run'], s['model_name'], s['step']) for s in summary] == [
-        ('baseline_s1', 'baseline', '30'), ('baseline_s2', 'baseline', '30'),
-        ('gqa_s1', 'gqa', '30'), ('gqa_s2', 'gqa', '30')]
+    assert [(s['run'], s['model_name'], s['step'], s['status']) for s in summary] == [
+        ('baseline_s1', 'baseline', '30', 'completed'), ('baseline_s2', 'baseline', '30', 'completed'),
+        ('gqa_s1', 'gqa', '30', 'completed'), ('gqa_s2', 'gqa', '30', 'completed')]
     results = read_csv(report / 'eval_results.csv')
     assert len(results) == 4 * n_prompts
     for r in results:
@@ -373,22 +563,30 @@ def test_end_to_end_on_smoke_runs(smoke_runs, tmp_path):
         if r['type'] == 'choice':
             lps = [float(x) for x in r['choice_logprobs'].split(';')]
             assert all(lp < 0 for lp in lps) and r['passed'] == str(int(r['chosen_index'] == r['answer_index']))
+    # seed groups: the two seeds of each model, mean and std of their per-run rows
+    groups = read_csv(report / 'groups.csv')
+    assert [(g['runs'], g['n']) for g in groups] == [('baseline_s1 baseline_s2', '2'), ('gqa_s1 gqa_s2', '2')]
+    for g in groups:
+        a, b = (float(s['weighted_score']) for s in summary if s['run'] in g['runs'].split())
+        assert float(g['weighted_score_mean']) == pytest.approx((a + b) / 2, abs=1e-4)
+        assert float(g['weighted_score_std']) == pytest.approx(abs(a - b) / math.sqrt(2), abs=1e-4)
     # greedy decoding is deterministic and batch-independent: the same checkpoint, other batches
-    model, _ = load_checkpoint(smoke_runs / 'baseline_s1' / 'checkpoints' / 'ckpt_000030.pt')
-    prompts = eh.load_prompts(REPO / 'eval' / 'prompts_tinystories.json')
-    again = eh.evaluate_model(model, get_tokenizer(), prompts, batch_size=7, eot_token=EOT_TOKEN)
+    model, _, tok, _ = runs.load_run_model(smoke_runs / 'baseline_s1', 30)
+    prompts = eh.load_prompts(SHIPPED)
+    again = eh.evaluate_model(model, tok, prompts, batch_size=7)
     first = [r for r in results if r['run'] == 'baseline_s1']
     assert [(r['generated'], r['completion']) for r in again] == [(r['generated'], r['completion']) for r in first]
 
     # a copied run without checkpoints is skipped; a requested step picks that checkpoint
     out = tmp_path / 'out'
-    shutil.copytree(smoke_runs / 'baseline_s1', out / 'baseline_s1')
-    shutil.copytree(smoke_runs / 'gqa_s1', out / 'gqa_s1')
+    light_copy(smoke_runs / 'baseline_s1', out / 'baseline_s1')
+    light_copy(smoke_runs / 'gqa_s1', out / 'gqa_s1')
     shutil.rmtree(out / 'gqa_s1' / 'checkpoints')
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC])
-    proc = run_script(REPO / 'eval_harness.py', '--out_dir', out, '--checkpoint_step', '15', '--prompts', prompts,
-                      '--report_dir', tmp_path / 'step15', '--device', 'cpu', timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'skipped gqa_s1: no checkpoints' in proc.stdout
+    eh.main(['--out_dir', str(out), '--checkpoint_step', '15', '--prompts', str(prompts),
+             '--report_dir', str(tmp_path / 'step15'), '--device', 'cpu'])
+    settings = json.loads((tmp_path / 'step15' / 'settings.json').read_text())
+    assert [(s['run'], s['reason'].split(' (')[0]) for s in settings['skipped']] == [
+        ('gqa_s1', f"no checkpoints in {out / 'gqa_s1' / 'checkpoints'}")]
     summary = read_csv(tmp_path / 'step15' / 'summary_table.csv')
     assert [(s['run'], s['step']) for s in summary] == [('baseline_s1', '15')]
