@@ -1,7 +1,6 @@
-"""Shared test fixtures: paths, a script runner, and prepared TinyStories data.
-
-Real-data fixtures read ../shared/data/tinystories/ (or $TINYSTORIES_DIR) at run time and skip
-with a reason where it is absent; nothing from there is ever copied into the repo.
+"""Shared test fixtures: paths, script runners (train.py in-process, any script as a subprocess),
+and TinyStories data prepared from the sample bundled in data_sample/ (so nothing skips for lack of
+text), plus real smoke-trained runs shared by the compare, eval and sample tests.
 """
 import os
 import subprocess
@@ -11,7 +10,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_TINYSTORIES = Path(os.environ.get("TINYSTORIES_DIR", REPO.parent / "shared" / "data" / "tinystories"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes several seconds (skip with -m 'not slow')")
 
 
 # glibc otherwise maps and unmaps the large logits tensors at every step: twice as slow on CPU
@@ -30,27 +32,88 @@ def run_script(*args, cwd=REPO, env=None, timeout=600, check=False):
     return proc
 
 
-@pytest.fixture(scope="session")
-def tinystories_dir():
-    """The real TinyStories sample (train.txt / validation.txt), or skip."""
-    if not (SHARED_TINYSTORIES / "train.txt").is_file() or not (SHARED_TINYSTORIES / "validation.txt").is_file():
-        pytest.skip(f"real TinyStories text not found in {SHARED_TINYSTORIES} (set TINYSTORIES_DIR)")
-    return SHARED_TINYSTORIES
+def import_prepare():
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import prepare
+    return prepare
 
 
 @pytest.fixture(scope="session")
-def small_data(tinystories_dir, tmp_path_factory):
-    """`data_dir` holding the prepared `small` variant built from the real sample (built once per session)."""
-    data_dir = tmp_path_factory.mktemp("data") / "tinystories"
-    run_script(REPO / "prepare.py", "--variant", "small", "--source", tinystories_dir, "--data_dir", data_dir,
-               check=True)
+def tinystories_dir(tmp_path_factory):
+    """The bundled TinyStories sample (data_sample/) as plain train.txt / validation.txt in a temporary folder."""
+    import gzip
+    prepare = import_prepare()
+    folder = tmp_path_factory.mktemp("tinystories_text")
+    for split, name in (("train", "train.txt"), ("val", "validation.txt")):
+        with gzip.open(prepare.SAMPLE_DIR / prepare.SAMPLE_FILES[split]) as f:
+            (folder / name).write_bytes(f.read())
+    return folder
+
+
+def sample_data_dir(tmp_path_factory):
+    """The one data_dir that small_data and bpe_data prepare into (each only what it needs)."""
+    return tmp_path_factory.getbasetemp() / "sample_data" / "tinystories"
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """`data_dir` holding the prepared `small` variant (GPT-2) of the bundled sample (built once per session,
+    in this process)."""
+    data_dir = sample_data_dir(tmp_path_factory)
+    import_prepare().prepare("small", "sample", data_dir)
     return data_dir
 
 
+@pytest.fixture(scope="session")
+def bpe_data(tmp_path_factory):
+    """`data_dir` holding `small-bpe4k`: the bundled sample with a 4,096-token BPE trained on its train
+    split (data_dir/small-bpe4k/tokenizer.json). May be the same data_dir as small_data."""
+    data_dir = sample_data_dir(tmp_path_factory)
+    import_prepare().prepare("small", "sample", data_dir, tokenizer="bpe4k")
+    return data_dir
+
+
+def run_train(*args, cwd=REPO):
+    """train.py with these arguments, in this process (no interpreter start, torch already imported):
+    returns a CompletedProcess-like result with returncode, stdout and stderr. For what a subprocess
+    is needed for (signals, kill, torchrun) use run_script."""
+    import contextlib
+    import io
+    import runpy
+    import signal
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook, argv, old_cwd = sys.excepthook, sys.argv, os.getcwd()
+    code = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = [str(REPO / "train.py"), *map(str, args)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+            except SystemExit as e:
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                    code = 1
+                else:
+                    code = e.code or 0
+    finally:
+        os.chdir(old_cwd)
+        sys.argv, sys.excepthook = argv, hook
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return subprocess.CompletedProcess(["train.py", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 def train_run(data_dir, out_dir, run_name, *overrides, config="config/smoke.py", check=True):
-    """Train `config` (default the smoke config) into out_dir/run_name; returns the run folder."""
-    run_script(REPO / "train.py", config, f"--out_dir={out_dir}", f"--run_name={run_name}",
-               f"--data_dir={data_dir}", *overrides, check=check)
+    """Train `config` (default the smoke config) into out_dir/run_name, in-process; returns the run folder."""
+    args = [a for a in (config,) if a] + [f"--out_dir={out_dir}", f"--run_name={run_name}", f"--data_dir={data_dir}",
+                                          *overrides]
+    result = run_train(*args)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py {args} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\n"
+                             f"stderr:\n{result.stderr[-4000:]}")
     return Path(out_dir) / run_name
 
 
@@ -65,3 +128,12 @@ def smoke_runs(small_data, tmp_path_factory):
             train_run(small_data, out_dir, f"{model_name}_s{seed}", f"--model_name={model_name}", f"--seed={seed}",
                       "--max_iters=30", "--eval_interval=10", "--checkpoint_interval=15")
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def bpe_run(bpe_data, tmp_path_factory):
+    """A smoke run trained on the bpe4k tokenizer (20 iterations, checkpoints at 10 and 20): its folder
+    carries tokenizer.json, and everything that reads it must decode with that tokenizer."""
+    out_dir = tmp_path_factory.mktemp("bpe") / "out"
+    return train_run(bpe_data, out_dir, "bpe4k_s1", "--tokenizer=bpe4k", "--seed=1", "--max_iters=20",
+                     "--eval_interval=10", "--checkpoint_interval=10")
