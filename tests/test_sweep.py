@@ -1,0 +1,324 @@
+"""sweep.py: a tiny sweep through submitit's local launcher with 2 runs at once, stopped with Ctrl-C and
+continued (completed runs untouched); what a rerun plans for completed, diverged, stale and changed runs;
+the report's tuned table; the SLURM job array with a stand-in sbatch; each bad input as one line."""
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import runs
+import sweep
+from conftest import CPU_MALLOC_ENV, REPO
+
+# a model that trains 30 iterations in about a second on a CPU (n_head=4: gqa's 2 kv heads differ from it)
+TINY = ['--n_layer=1', '--n_embd=32', '--n_head=4', '--block_size=32', '--batch_size=2', '--eval_windows=8',
+        '--max_iters=30', '--eval_interval=10', '--log_interval=2', '--tensorboard=False']
+VARIANTS_X_SEEDS = dict(model_name=['baseline', 'gqa'], seed=[1, 2])
+
+
+def write_sweep(folder, file_stem, grid, **extra):
+    lines = ["base = 'config/smoke.py'", f"grid = {grid!r}"] + [f"{k} = {v!r}" for k, v in extra.items()]
+    path = Path(folder) / f'{file_stem}.py'
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+
+def run_main(argv):
+    """sweep.main in this process: (exit code, stdout)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
+        for k, v in CPU_MALLOC_ENV.items():
+            mp.setenv(k, v)
+        code = sweep.main(argv)
+    return code, out.getvalue()
+
+
+def error_of(argv, capsys):
+    """The one-line error and exit 1 of a bad command."""
+    with pytest.raises(SystemExit) as e:
+        sweep.main(argv)
+    message = e.value.code
+    assert isinstance(message, str) and message.startswith('sweep.py: error: '), message  # str: exit status 1
+    assert '\n' not in message and 'Traceback' not in capsys.readouterr().err
+    return message
+
+
+def file_hashes(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob('*')) if p.is_file()}
+
+
+def link_run(src, dst):
+    """A copy of a run folder that costs nothing (hard links; every writer replaces files, never edits)."""
+    shutil.copytree(src, dst, copy_function=os.link)
+
+
+@pytest.fixture(scope='module')
+def stopped_sweep(small_data, tmp_path_factory):
+    """2 variants x 2 seeds, 2 runs at once, as a user runs it: sweep.py in its own process, Ctrl-C once
+    the second pair is training, then the same command again (in this process)."""
+    tmp = tmp_path_factory.mktemp('sweep')
+    argv = [str(write_sweep(tmp, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={small_data}',
+            f'--out_dir={tmp / "out"}', *TINY, '--parallel', '2', '--no_report']
+    sweep_dir = tmp / 'out' / 'tiny'
+    proc = subprocess.Popen([sys.executable, 'sweep.py', *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **CPU_MALLOC_ENV))
+    metrics = sweep_dir / 'gqa_s1' / 'metrics.csv'
+    deadline = time.time() + 300
+    # a metrics row: gqa_s1 is in its training loop, where Ctrl-C saves a checkpoint
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 1):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    first_out = proc.communicate(timeout=300)[0]
+    completed = {name: file_hashes(sweep_dir / name) for name in ('baseline_s1', 'baseline_s2')}
+    stopped_status = runs.read_run(sweep_dir / 'gqa_s1')['status']
+    code, out = run_main(argv)
+    return dict(dir=sweep_dir, argv=argv, first=(proc.returncode, first_out), second=(code, out),
+                completed=completed, stopped_status=stopped_status)
+
+
+@pytest.mark.slow
+def test_sweep_runs_stops_and_continues(stopped_sweep):
+    sweep_dir = stopped_sweep['dir']
+    (code1, out1), (code2, out2) = stopped_sweep['first'], stopped_sweep['second']
+    assert code1 == 130, out1
+    assert 'Ctrl-C: stopping 2 running run(s)' in out1 and 'the same command continues' in out1
+    first_end = min(out1.index('baseline_s1: completed'), out1.index('baseline_s2: completed'))
+    assert out1.index('started baseline_s2: from scratch') < first_end  # 2 at once
+    assert stopped_sweep['stopped_status'] == 'interrupted'  # a checkpoint saved by train.py
+    assert code2 == 0, out2
+    assert 'gqa_s1: resuming from iteration' in out2
+    assert 'started baseline' not in out2  # completed: not started again
+    for name in ('baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2'):
+        run = runs.read_run(sweep_dir / name)
+        assert run['status'] == 'completed' and run['summary']['iters'] == 30
+        assert run['config']['model_name'] == name.split('_')[0] and run['config']['seed'] == int(name[-1])
+        assert run['config']['n_layer'] == 1 and run['config']['n_embd'] == 32  # the command-line settings
+        assert run['metrics']['val_loss'][-1] < run['metrics']['val_loss'][0]
+    for name, hashes in stopped_sweep['completed'].items():
+        assert file_hashes(sweep_dir / name) == hashes, f"{name} was touched"
+    assert runs.read_run(sweep_dir / 'gqa_s1')['config']['resumed_at'][0] > 0  # continued, not restarted
+    record = json.loads((sweep_dir / 'sweep.json').read_text())
+    assert record['grid'] == VARIANTS_X_SEEDS and record['base_settings']['n_layer'] == 1
+    assert [r['name'] for r in record['runs']] == ['baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2']
+    command = record['runs'][3]['command']
+    assert re.search(r'train\.py \S*config/smoke\.py --', command) and ' --n_layer=1 ' in command
+    assert '--model_name=gqa --seed=2' in command
+    assert f"--out_dir={sweep_dir} --run_name=gqa_s2" in command
+    log = (sweep_dir / 'sweep.log').read_text()  # both commands' events and final tables
+    assert log.count('started gqa_s1') == 2 and re.search(r'^gqa_s2 +completed +30/30 ', log, re.M)
+    assert (sweep_dir / 'logs' / 'gqa_s1.log').read_text().count('=== ') == 2  # two attempts, one console log
+
+
+@pytest.mark.slow
+def test_rerun_plans_skip_extend_diverged_stale_and_refuses_changed_settings(stopped_sweep, tmp_path, capsys):
+    argv = stopped_sweep['argv']
+    code, out = run_main(argv + ['--dry_run'])
+    assert code == 0 and out.strip().splitlines()[-1].startswith('0 command(s) to run, 4 runs')
+    code, out = run_main(argv + ['--dry_run', '--max_iters=40'])
+    assert code == 0 and '4 extend' in out
+    assert '--init_from=resume' in out and '--run_name=gqa_s2 --max_iters=40' in out
+    bigger = write_sweep(tmp_path, 'bigger', dict(model_name=['baseline', 'gqa'], seed=[1, 2, 3]), name='tiny')
+    code, out = run_main([str(bigger)] + argv[1:] + ['--dry_run'])  # a third seed: only its runs are added
+    assert out.strip().splitlines()[-1].endswith(f"6 runs in {stopped_sweep['dir']}: 4 completed, 2 start")
+    assert '--seed=3 ' in out and '--seed=1 ' not in out
+    # a copy of the sweep in which one run diverged and another's process died
+    out_dir = tmp_path / 'out'
+    for name in ('baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2'):
+        link_run(stopped_sweep['dir'] / name, out_dir / 'tiny' / name)
+    summary = runs.read_json(out_dir / 'tiny' / 'gqa_s1' / 'summary.json')
+    runs.atomic_write_json(out_dir / 'tiny' / 'gqa_s1' / 'summary.json', dict(summary, status='diverged'))
+    runs.atomic_write_json(out_dir / 'tiny' / 'gqa_s2' / 'summary.json', dict(
+        summary, status='running', host=socket.gethostname(), pid=2 ** 22 + 12345, pid_started='1'))
+    argv = [a if not a.startswith('--out_dir=') else f'--out_dir={out_dir}' for a in argv]
+    code, out = run_main(argv + ['--dry_run'])
+    assert '# gqa_s1: diverged: left alone' in out and '# gqa_s2: resuming from iteration 30 (stale)' in out
+    assert '1 command(s) to run' in out
+    code, out = run_main(argv + ['--dry_run', '--retry_diverged'])
+    assert '# gqa_s1: from scratch (diverged; --retry_diverged)' in out
+    assert '--run_name=gqa_s1 --overwrite=True' in out
+    # other settings than the folder was trained with: an error naming the run and the key
+    message = error_of(argv + ['--learning_rate=0.01'], capsys)
+    assert 'tiny/baseline_s1: trained with other settings' in message
+    assert 'learning_rate (run 0.003, sweep 0.01)' in message and '(and 3 more run(s))' in message
+
+
+@pytest.mark.slow
+def test_tuned_table_picks_each_variants_best_learning_rate(stopped_sweep, small_data, tmp_path):
+    if '--tune' not in (REPO / 'compare.py').read_text():
+        pytest.skip('compare.py has no --tune yet (issue 14, helper A): the tuned table cannot be checked')
+    # the stopped sweep's seed-1 runs are this sweep's learning_rate=3e-3 runs (the smoke config's); one seed
+    # does not vary, so it is not in the run names
+    out_dir = tmp_path / 'out'
+    for model_name in ('baseline', 'gqa'):
+        link_run(stopped_sweep['dir'] / f'{model_name}_s1', out_dir / 'lr' / f'{model_name}_lr3e-3')
+    grid = dict(model_name=['baseline', 'gqa'], learning_rate=[3e-3, 1e-2], seed=[1])
+    argv = [str(write_sweep(tmp_path, 'lr', grid)), f'--data_dir={small_data}', f'--out_dir={out_dir}', *TINY,
+            '--parallel', '2', '--report_dir', str(tmp_path / 'report')]
+    code, out = run_main(argv)
+    assert code == 0, out
+    assert out.count('started ') == 2 and 'started baseline_lr1e-2' in out and 'started gqa_lr1e-2' in out
+    assert f"report: {tmp_path / 'report' / 'report.html'}" in out.splitlines()
+    assert (tmp_path / 'report' / 'report.html').is_file()
+    assert any((tmp_path / 'report' / 'eval_harness').iterdir())
+    # by hand: each variant's learning rate with the lower final val loss
+    best = {}
+    for model_name in ('baseline', 'gqa'):
+        losses = {lr: runs.read_run(out_dir / 'lr' / f'{model_name}_lr{lr}')['summary']['final_val_loss']
+                  for lr in ('3e-3', '1e-2')}
+        assert all(math.isfinite(v) for v in losses.values())
+        best[model_name] = float(min(losses, key=losses.get))
+    with open(tmp_path / 'report' / 'tuned.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r['variant'] for r in rows) == ['baseline', 'gqa']
+    for row in rows:
+        assert float(row['best_value'].split('=')[1]) == best[row['variant']], row
+
+
+def test_slurm_job_array_with_a_stand_in_sbatch(small_data, tmp_path, monkeypatch):
+    """No cluster here: a stand-in sbatch records the script it is given and answers a job id."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'sbatch').write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/sbatch_script.sh\n'
+                                    'echo "Submitted batch job 1234"\n')
+    (bin_dir / 'srun').write_text('#!/bin/sh\nexit 1\n')  # submitit looks for it; never called here
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv('PATH', f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out_dir = tmp_path / 'out'
+    argv = [str(write_sweep(tmp_path, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={small_data}',
+            f'--out_dir={out_dir}', *TINY, '--gradient_accumulation_steps=2', '--launcher', 'slurm',
+            '--partition', 'gpu',            '--gpus_per_run', '2', '--time_min', '30', '--account', 'acme']
+    code, out = run_main(argv)
+    assert code == 0 and 'submitted 4 run(s) as SLURM job 1234' in out
+    script = (tmp_path / 'sbatch_script.sh').read_text()
+    for line in ('#SBATCH --array=0-3%4', '#SBATCH --gpus-per-node=2', '#SBATCH --partition=gpu',
+                 '#SBATCH --time=30', '#SBATCH --account=acme', '#SBATCH --requeue', '#SBATCH --nodes=1',
+                 '#SBATCH --ntasks-per-node=1', f'#SBATCH --signal=USR2@{sweep.SLURM_SIGNAL_DELAY_S}'):
+        assert line in script.splitlines(), line
+    assert '-m submitit.core._submit' in script
+    record = json.loads((out_dir / 'tiny' / 'sweep.json').read_text())
+    assert record['slurm_tasks'] == {'baseline_s1': '1234_0', 'baseline_s2': '1234_1', 'gqa_s1': '1234_2',
+                                     'gqa_s2': '1234_3'}
+    for i, run in enumerate(record['runs']):
+        # each array task holds its run's job: train.py under torchrun on the 2 GPUs
+        with open(out_dir / 'tiny' / 'submitit' / f'1234_{i}' / f'1234_{i}_submitted.pkl', 'rb') as f:
+            job = pickle.load(f).function
+        assert job.name == run['name'] and job.scratch == run['command'].split(' ')
+        assert job.scratch[1:5] == ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+        assert Path(job.scratch[5]) == Path(os.path.relpath(REPO / 'train.py'))
+        assert '--gradient_accumulation_steps=2' in job.scratch and f"--run_name={run['name']}" in job.scratch
+        assert job.resume[6:] == ['--init_from=resume', f"--out_dir={out_dir / 'tiny'}",
+                                  f"--run_name={run['name']}"]
+    assert not any((out_dir / 'tiny' / name).exists() for name in record['slurm_tasks'])  # nothing ran
+    # the same command again while squeue still lists two tasks: those are left alone, the others resubmitted
+    (bin_dir / 'squeue').write_text('#!/bin/sh\necho 1234_0\necho 1234_3\n')
+    (bin_dir / 'squeue').chmod(0o755)
+    code, out = run_main(argv + ['--dry_run'])
+    assert '# baseline_s1: queued on SLURM (1234_0): left alone' in out and '# gqa_s2: queued on SLURM (1234_3)' in out
+    assert out.strip().splitlines()[-1].startswith('2 command(s) to run')
+
+
+def test_a_requeued_job_stops_train_py_and_resumes(tmp_path):
+    """What submitit does on SLURM's warning before the time limit: checkpoint() stops train.py with
+    SIGTERM and hands back the same job, which then continues from the newest checkpoint."""
+    run_dir = tmp_path / 'run'
+    child = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+             "print('training', flush=True); time.sleep(60)")
+    job = sweep.TrainJob('r', str(run_dir), [sys.executable, '-c', child], ['resume-command'],
+                         str(tmp_path / 'logs'), str(tmp_path), {}, restart=True)
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault('code', job()))
+    thread.start()
+    log = tmp_path / 'logs' / 'r.log'
+    while 'training' not in (log.read_text().splitlines() if log.is_file() else []):
+        time.sleep(0.01)  # its SIGTERM handler is set, as train.py's is once it trains
+    requeued = job.checkpoint()
+    thread.join(10)
+    assert result['code'] == 143 and not (tmp_path / 'logs' / 'r.pid').exists()
+    again = pickle.loads(pickle.dumps(requeued)).function  # as submitit stores it for the requeued job
+    assert again.proc is None and again.attempts == 1 and not again.restart
+    (run_dir / 'checkpoints').mkdir(parents=True)
+    (run_dir / 'checkpoints' / 'ckpt_000010.pt').write_bytes(b'')
+    (run_dir / 'config.json').write_text('{}')
+    assert again.command() == ['resume-command']
+    job.restart = True  # --retry_diverged: from scratch, replacing the folder
+    assert job.command() == [sys.executable, '-c', child, '--overwrite=True']
+
+
+def test_each_local_slot_gets_its_own_gpus(tmp_path, monkeypatch):
+    """--parallel 2 on a machine with GPUs 3 and 5 (CUDA numbering): each run sees only its slot's GPU."""
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '3,5')
+    assert sweep.visible_gpus() == [3, 5]
+    show = ("import os, time; print('CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES']); "
+            "time.sleep(.2)")
+    jobs = [(name, sweep.TrainJob(name, str(tmp_path / name), [sys.executable, '-c', show], [],
+                                  str(tmp_path / 'logs'), str(tmp_path), {}, own_session=True), 'test')
+            for name in ('a', 'b')]
+    progress = sweep.Progress(tmp_path / 'sweep.log', [dict(name=n, settings=dict(max_iters=1)) for n in 'ab'])
+    with contextlib.redirect_stdout(io.StringIO()):
+        ended, stopped = sweep.run_local(jobs, tmp_path, 2, [3, 5], 1, progress)
+    progress.log.close()
+    seen = sorted(l for n in 'ab' for l in (tmp_path / 'logs' / f'{n}.log').read_text().splitlines()
+                  if l.startswith('CUDA_VISIBLE_DEVICES='))
+    assert seen == ['CUDA_VISIBLE_DEVICES=3', 'CUDA_VISIBLE_DEVICES=5'] and not stopped
+    for value in ('', '-1'):
+        monkeypatch.setenv('CUDA_VISIBLE_DEVICES', value)
+        assert sweep.visible_gpus() == []
+
+
+@pytest.mark.parametrize('grid, extra, flags, expected', [
+    (dict(lerning_rate=[1e-3]), {}, [],
+     "grid: --lerning_rate: unknown setting 'lerning_rate'; did you mean learning_rate"),
+    (dict(seed=[1]), dict(overrides=dict(n_layers=2)), [],
+     "overrides: --n_layers: unknown setting 'n_layers'; did you mean n_layer"),
+    (dict(seed=[1]), {}, ['--max_iter=5'], "--max_iter: unknown setting 'max_iter'; did you mean max_iters"),
+    (dict(seed=[1]), {}, ['--paralel=2'], "--paralel: unknown option; did you mean --parallel?"),
+    (dict(seed=[]), {}, [], "grid seed=[]: expected a non-empty list of values"),
+    (dict(seed=1), {}, [], "grid seed=1: expected a non-empty list of values"),
+    (dict(learning_rate=['fast']), {}, [], "learning_rate='fast' has the wrong type: expected float"),
+    (dict(model_name=[3]), {}, [], "grid model_name=3 has the wrong type: expected str"),
+    (dict(learning_rate=[1e-3, 0.001]), {}, [], "two grid points map to run name 'lr1e-3'"),
+    (dict(seed=[1, 2]), dict(grdi=1), [], "unknown sweep setting 'grdi'; did you mean grid?"),
+    (dict(seed=[1, 2]), {}, ['--seed=3'], "seed is both varied by the grid"),
+    (dict(seed=[1, 2]), {}, ['--run_name=x'], "--run_name: set by the sweep"),
+    (dict(seed=[1]), {}, ['--parallel', '0'], "--parallel=0: expected at least 1"),
+])
+def test_bad_input_is_one_line_and_starts_nothing(tmp_path, capsys, grid, extra, flags, expected):
+    argv = [str(write_sweep(tmp_path, 'bad', grid, **extra)), f'--out_dir={tmp_path / "out"}', *flags]
+    assert expected in error_of(argv, capsys)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_missing_sweep_file_and_slurm_without_sbatch(tmp_path, capsys, monkeypatch):
+    message = error_of([str(tmp_path / 'nope.py')], capsys)
+    assert f"{tmp_path / 'nope.py'}: sweep file not found" in message
+    monkeypatch.setenv('PATH', str(tmp_path))  # no sbatch here
+    argv = [str(write_sweep(tmp_path, 'ok', dict(seed=[1, 2]))), f'--out_dir={tmp_path / "out"}', '--launcher',
+            'slurm', '--partition', 'gpu', '--time_min', '10']
+    assert '--launcher slurm: sbatch and srun not found on PATH' in error_of(argv, capsys)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_run_names_say_what_varies():
+    point = dict(seed=2, learning_rate=3e-3, model_name='gqa', n_layer=4)
+    assert sweep.run_name_of(point, ['seed', 'learning_rate', 'model_name']) == 'gqa_lr3e-3_s2'
+    assert sweep.run_name_of(point, ['seed', 'n_layer']) == 'n_layer4_s2'
+    assert [sweep.short_value(v) for v in (3e-4, 0.001, 0.01, 0.1, 1.0, 1500.0, 2.5e-05, 4, True)] == \
+        ['3e-4', '1e-3', '1e-2', '0.1', '1', '1500', '2.5e-5', '4', 'True']
