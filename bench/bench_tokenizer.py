@@ -14,6 +14,9 @@ The 4k BPE trained on TinyStories against GPT-2's tokenizer, on the bundled samp
 3. A CPU training step at 4 layers x 128 wide, T 128, B 16 (bench_train.py's cpu_4l128d step, fp32):
    GPT-2's 50,257-token vocabulary against the 4,096 one. ms/step, tokens/s and parameters; the batch
    is real text from each tokenizer's bins, fixed, so the loss must fall (a broken step cannot look fast).
+4. What the speed buys: train.py with config/tiny_bpe4k.py on each tokenizer for about --budget_s
+   seconds of training (iterations sized from 3.), and val_bpb (bits per byte, tokenizer-independent)
+   of both at the same training time (interpolated between eval points in elapsed_s).
 
 Every measurement alternates gpt2 and bpe4k run by run, so that load from other processes hits both
 alike; medians are reported, and the spread (min-max) says how noisy the machine was. On a machine
@@ -22,6 +25,7 @@ gives steadier step times.
 """
 import argparse
 import contextlib
+import csv
 import io
 import json
 import os
@@ -45,6 +49,7 @@ parser.add_argument('--steps', type=int, default=20, help="timed training steps 
 parser.add_argument('--warmup_steps', type=int, default=5)
 parser.add_argument('--threads', type=int, default=0,
                     help="torch threads for the step (0: torch's default); 1 is steadier on a machine others load")
+parser.add_argument('--budget_s', type=float, default=60.0, help="training seconds per tokenizer in part 4 (0 skips it)")
 parser.add_argument('--json_out', default='', help="also write every figure to this JSON file")
 args = parser.parse_args()
 if min(args.runs, args.steps) < 1:
@@ -174,6 +179,31 @@ with tempfile.TemporaryDirectory() as tmp:
     print(f"bpe4k steps {speedup:.1f}x faster; text trained on per second: gpt2 {text_kb_per_s['gpt2']:,.1f} kB/s, "
           f"bpe4k {text_kb_per_s['bpe4k']:,.1f} kB/s")
     results['step_speedup'] = speedup
+
+    # 4. val_bpb after the same training time, through train.py itself
+    if args.budget_s > 0:
+        import subprocess
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='4000000000', MALLOC_TRIM_THRESHOLD_='8000000000')
+        if args.threads:
+            env['OMP_NUM_THREADS'] = str(args.threads)
+        curves = {}
+        for name in setups:
+            iters = max(20, int(args.budget_s * 1000 / statistics.median(step_ms[name])))
+            cmd = [sys.executable, str(REPO / 'train.py'), 'config/tiny_bpe4k.py', f'--tokenizer={name}',
+                   f'--data_dir={tmp / "data"}', f'--out_dir={tmp / "out"}', f'--run_name={name}',
+                   f'--max_iters={iters}', f'--eval_interval={max(1, iters // 8)}', f'--log_interval={max(1, iters // 8)}',
+                   '--eval_windows=32', '--save_checkpoints=False', '--tensorboard=False', '--device=cpu']
+            subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+            rows = [r for r in csv.DictReader(open(tmp / 'out' / name / 'metrics.csv')) if r['val_bpb']]
+            curves[name] = ([float(r['elapsed_s']) for r in rows], [float(r['val_bpb']) for r in rows], iters)
+        same_s = min(c[0][-1] for c in curves.values())
+        print(f"\n4. train.py config/tiny_bpe4k.py for ~{args.budget_s:.0f} s of training on each tokenizer "
+              f"(lr 3e-3, eval on 32 windows); val_bpb after the same {same_s:.0f} s of training:")
+        for name, (seconds, bpb, iters) in curves.items():
+            at = float(np.interp(same_s, seconds, bpb))
+            print(f"{name:<10} {iters:>5} iterations in {seconds[-1]:.0f} s: val_bpb {bpb[0]:.3f} -> {bpb[-1]:.3f}; "
+                  f"at {same_s:.0f} s: {at:.3f}")
+            results[f'{name}_budget'] = dict(iters=iters, elapsed_s=seconds, val_bpb=bpb, val_bpb_at_same_time=at)
 
 print(f"\nload average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
 if args.json_out:
