@@ -108,6 +108,19 @@ def load_settings(script):
     return namespace
 
 
+def read_python_file(path, kind='config'):
+    """The plain values a config (or sweep) file assigns: it runs with __file__ set, so that it can
+    build on another file; imports, functions and _private names are left out."""
+    scope = {'__file__': os.path.abspath(path)}
+    try:
+        with open(path, encoding='utf-8') as f:
+            exec(compile(f.read(), path, 'exec'), scope)
+    except Exception as e:
+        raise ConfigError(f"{path}: cannot run this {kind} file: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in scope.items()
+            if not k.startswith('_') and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+
+
 def configure(namespace, argv):
     """Apply a config file and --key=value flags from argv to the annotated globals in namespace.
     Returns the config file's path (or None). Raises ConfigError with a one-line message."""
@@ -123,15 +136,7 @@ def configure(namespace, argv):
     if config_file is not None:  # the file first, so that flags win wherever they stand
         if not os.path.isfile(config_file):
             raise ConfigError(f"{config_file}: config file not found (expected a Python file such as config/baseline.py)")
-        scope = {'__file__': os.path.abspath(config_file)}  # lets a config build on another one
-        try:
-            with open(config_file, encoding='utf-8') as f:
-                exec(compile(f.read(), config_file, 'exec'), scope)
-        except Exception as e:
-            raise ConfigError(f"{config_file}: cannot run this config file: {type(e).__name__}: {e}") from None
-        for key, value in scope.items():
-            if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType, type)):
-                continue
+        for key, value in read_python_file(config_file).items():
             if key not in annotations:
                 raise _unknown_key(key, known, config_file)
             namespace[key] = _check_type(key, value, annotations[key], config_file)

@@ -40,7 +40,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,7 +47,7 @@ import cloudpickle
 import submitit
 
 import runs
-from configurator import ConfigError, configure, load_settings
+from configurator import ConfigError, configure, load_settings, read_python_file
 
 REPO = Path(__file__).resolve().parent
 SWEEP_KEYS = ('base', 'grid', 'overrides', 'name', 'tune')
@@ -157,15 +156,11 @@ def read_sweep(path):
     """The sweep file's settings, checked for shape (their keys and types are checked in plan_runs)."""
     if not os.path.isfile(path):
         raise SweepError(f"{path}: sweep file not found (expected a file like config/sweeps/variants.py)")
-    scope = {'__file__': os.path.abspath(path)}
     try:
-        with open(path, encoding='utf-8') as f:
-            exec(compile(f.read(), path, 'exec'), scope)
-    except Exception as e:
-        raise SweepError(f"{path}: cannot run this sweep file: {type(e).__name__}: {e}") from None
-    for key, value in scope.items():
-        if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType, type)):
-            continue
+        scope = read_python_file(path, 'sweep')
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+    for key in scope:
         if key not in SWEEP_KEYS:
             close = difflib.get_close_matches(key, SWEEP_KEYS, n=1)
             hint = f"did you mean {close[0]}?" if close else f"expected {', '.join(SWEEP_KEYS)}"
