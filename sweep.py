@@ -736,6 +736,10 @@ def launch(args, spec, sweep_dir, planned, todo, record, gpus, parallel, progres
     env = {'PYTHONUNBUFFERED': '1'}
     if args.launcher == 'local' and not gpus and parallel > 1 and 'OMP_NUM_THREADS' not in os.environ:
         env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // parallel))  # runs share the cores
+    if args.launcher == 'local' and not gpus and sys.platform.startswith('linux'):
+        # glibc would unmap and refault the logits every step: CPU steps twice as slow (BENCHMARKS.md)
+        for key, value in (('MALLOC_MMAP_THRESHOLD_', '4000000000'), ('MALLOC_TRIM_THRESHOLD_', '8000000000')):
+            env[key] = os.environ.get(key, value)
     jobs = [(r['name'], TrainJob(r['name'], str(r['dir']), r['scratch'], r['resume'] + r['changes'],
                                  str(sweep_dir / 'logs'), os.getcwd(), env, restart=r['action'] == 'restart',
                                  own_session=args.launcher == 'local'), r['detail']) for r in todo]

@@ -350,8 +350,7 @@ def on_crash(exc_type, exc, tb):
     status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'  # a second Ctrl-C
     if writer is not None:
         try:
-            writer.summary(summary_fields(message if status == 'failed' else 'stopped at once by a second signal'),
-                           status)
+            writer.summary(summary_fields(message if status == 'failed' else 'stopped at once by Ctrl-C'), status)
         except OSError:
             pass
     if isinstance(exc, OSError):
