@@ -115,6 +115,7 @@ try:
                                                  if k in config_keys and k not in ckpt.get('config', {})})
         globals().update({k: v for k, v in stored.items() if k in config_keys})
         configure(globals(), sys.argv[1:])
+        out_dir, run_name = os.path.dirname(run_dir), os.path.basename(run_dir)  # where the run is now
 except ConfigError as e:
     fail(e)
 run_name = run_name or (os.path.splitext(os.path.basename(config_file))[0] if config_file else model_name)
