@@ -46,6 +46,13 @@ def test_a_metric_added_to_the_list_reaches_csv_tensorboard_console_and_plots(tm
     runs.plot_run(run)
     assert matplotlib.image.imread(run / 'plots' / 'metrics.png').shape != before
 
+    import compare  # and compare.py draws it as a panel of its own, from the same list
+    monkeypatch.setattr(compare, 'METRICS', runs.METRICS + [extra])
+    monkeypatch.setattr(compare, 'METRIC', {m.column: m for m in runs.METRICS + [extra]})
+    (run / 'config.json').write_text(json.dumps(dict(model_name='baseline', seed=1)))
+    compare.main([str(tmp_path), '--report_dir', str(tmp_path / 'report'), '--no_samples'])
+    assert (tmp_path / 'report' / 'entropy.png').read_bytes()[:4] == b'\x89PNG'
+
 
 def test_readers_accept_older_newer_and_cut_files(tmp_path):
     run = tmp_path / 'r'
