@@ -627,6 +627,8 @@ def prepare(variant='small', source='auto', data_dir=DEFAULT_DATA_DIR, cache_dir
     if min(small_train_samples, small_val_samples, tokenizer_stories) < 1:
         raise DataError(f"--small_train_samples, --small_val_samples and --tokenizer_stories must be >= 1, "
                         f"got {small_train_samples}, {small_val_samples} and {tokenizer_stories}")
+    if num_threads is not None and num_threads < 0:
+        raise DataError(f"--num_threads={num_threads}: expected a positive number (or 0: all CPUs)")
     tok_name, vocab_size = parse_tokenizer(tokenizer)
     limits = dict(train=None, val=None)  # full: every story
     if variant == 'small':

@@ -298,6 +298,8 @@ def differing(wanted, stored, settings):
         want = wanted[key]
         if key in SET_BY_SWEEP or key == 'out_dir' or (key in RESOLVED_BY_TRAIN and want in ('auto', None)):
             continue
+        if key == 'lr_decay_iters' and want == 0:  # 0: the end train.py fixed when max_iters was raised
+            continue  # (passing --lr_decay_iters=0 on resume would stretch the schedule mid-run)
         have = stored.get(key, settings[key])  # an older folder lacks newer settings: they had the default
         if key == 'tokenizer':  # config.json holds the tokenizer's info; compare canonical names
             from prepare import DataError, parse_tokenizer
@@ -498,12 +500,12 @@ def run_local(jobs, sweep_dir, parallel, gpus, gpus_per_run, progress):
     """Run the jobs through submitit's LocalExecutor, at most `parallel` at once, each slot with its own
     GPUs (CUDA_VISIBLE_DEVICES). Ctrl-C: each running train.py gets one SIGINT per Ctrl-C (the first
     saves a checkpoint and stops it; a second stops it at once) and the launcher waits for them.
-    Returns (ended {name: status}, stopped)."""
+    Returns True if Ctrl-C stopped it."""
     executor = submitit.LocalExecutor(folder=sweep_dir / 'submitit')  # its controller takes a '%j' literally
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
     slots = [[gpus[(k * gpus_per_run + j) % len(gpus)] for j in range(gpus_per_run)] if gpus else []
              for k in range(parallel)]
-    free, pending, active, ended = list(range(parallel)), list(jobs), {}, {}
+    free, pending, active = list(range(parallel)), list(jobs), {}
     stops, sent, announced, refreshed = 0, {}, False, 0.0
     log_dir = sweep_dir / 'logs'
 
@@ -520,6 +522,7 @@ def run_local(jobs, sweep_dir, parallel, gpus, gpus_per_run, progress):
                 executor.update_parameters(gpus_per_node=len(slots[slot]), visible_gpus=slots[slot])
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the job's processes, not train.py
                 try:
+                    (log_dir / f'{name}.pid').unlink(missing_ok=True)  # a killed job's: never signal it
                     active[name] = (executor.submit(job), slot, time.time())
                 finally:
                     signal.signal(signal.SIGINT, on_sigint)
@@ -535,7 +538,6 @@ def run_local(jobs, sweep_dir, parallel, gpus, gpus_per_run, progress):
                 del active[name]
                 free.append(slot)
                 row = progress.read(name, sweep_dir / name, 'interrupted' if stops else 'failed', since)
-                ended[name] = row['status']
                 message = row.get('message')
                 if row['status'] != 'completed':
                     message = message or last_line(log_dir / f'{name}.log') or last_line(job.paths.stderr)
@@ -553,7 +555,7 @@ def run_local(jobs, sweep_dir, parallel, gpus, gpus_per_run, progress):
             time.sleep(POLL_S)
     finally:
         signal.signal(signal.SIGINT, previous)
-    return ended, bool(stops)
+    return bool(stops)
 
 
 def run_slurm(jobs, sweep_dir, name, args):
@@ -665,6 +667,8 @@ def main(argv=None):
         return sweep(argv)
     except (SweepError, runs.RunError) as e:
         fail(e)
+    except OSError as e:  # an out_dir that cannot be written, a full disk
+        fail(f"{e.filename}: {e.strerror}" if e.filename else e)
     except KeyboardInterrupt:  # before any run started (run_local handles Ctrl-C itself)
         return 130
 
@@ -762,7 +766,7 @@ def launch(args, spec, sweep_dir, planned, todo, record, gpus, parallel, progres
             return 0
         stopped = False
     else:
-        _, stopped = run_local(jobs, sweep_dir, parallel, gpus, args.gpus_per_run, progress)
+        stopped = run_local(jobs, sweep_dir, parallel, gpus, args.gpus_per_run, progress)
     for run in planned:
         if run not in todo:
             progress.read(run['name'], run['dir'], status=run['action'])

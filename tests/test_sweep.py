@@ -273,7 +273,7 @@ def test_each_local_slot_gets_its_own_gpus(tmp_path, monkeypatch):
             for name in ('a', 'b')]
     progress = sweep.Progress(tmp_path / 'sweep.log', [dict(name=n, settings=dict(max_iters=1)) for n in 'ab'])
     with contextlib.redirect_stdout(io.StringIO()):
-        ended, stopped = sweep.run_local(jobs, tmp_path, 2, [3, 5], 1, progress)
+        stopped = sweep.run_local(jobs, tmp_path, 2, [3, 5], 1, progress)
     progress.log.close()
     seen = sorted(l for n in 'ab' for l in (tmp_path / 'logs' / f'{n}.log').read_text().splitlines()
                   if l.startswith('CUDA_VISIBLE_DEVICES='))
