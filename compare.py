@@ -199,10 +199,15 @@ def tokenizer_name(config):
     return str(info or 'gpt2')
 
 
+def number(v):
+    """v where it is a finite number, else None: run files are read as found, a bad field is left blank."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 def run_numbers(run):
     """One summary-table row for a run, from its metrics.csv and summary.json (None where missing)."""
     m, config, summary = run['metrics'], run['config'], run['summary']
-    last = lambda key: m[key][-1] if m['iter'] and not math.isnan(m[key][-1]) else None
+    last = lambda key: number(m[key][-1]) if m['iter'] else None
     tokens, vals = curve(run, 'val_loss')
     bpbs = curve(run, 'val_bpb')[1]
     best = int(np.argmin(vals)) if len(vals) else None
@@ -210,7 +215,9 @@ def run_numbers(run):
     iters, tokens_seen = last('iter'), last('tokens_seen')
     # an interrupted run saved a checkpoint after its last metrics row: summary.json has that iteration
     if isinstance(summary.get('iters'), int) and (iters is None or summary['iters'] > iters):
-        iters, tokens_seen = summary['iters'], summary.get('tokens_seen', tokens_seen)
+        iters = summary['iters']
+        if number(summary.get('tokens_seen')) is not None:
+            tokens_seen = summary['tokens_seen']
     # mean speed = total tokens / total training time, both from the same (last timed) row
     timed = [i for i in range(len(m['iter'])) if m['elapsed_s'][i] > 0 and math.isfinite(m['tokens_seen'][i])]
     tokens_per_s = m['tokens_seen'][timed[-1]] / m['elapsed_s'][timed[-1]] if timed else None
@@ -218,13 +225,13 @@ def run_numbers(run):
     dt = np.diff(np.asarray(m['elapsed_s'], dtype=float), prepend=0.0)
     mfu = np.asarray(m['mfu'], dtype=float)
     ok = np.isfinite(mfu) & np.isfinite(dt) & (dt > 0)
-    n_params = config.get('n_params', summary.get('n_params'))
-    wall = summary.get('wall_time_s')
+    n_params = number(config.get('n_params', summary.get('n_params')))
+    wall = number(summary.get('wall_time_s'))
     return dict(
         run=run['name'], model_name=config.get('model_name', summary.get('model_name', '')),
         seed=config.get('seed', summary.get('seed', '')), status=run['status'],
         tokenizer=tokenizer_name(config),
-        n_params=int(n_params) if isinstance(n_params, (int, float)) else None,
+        n_params=int(n_params) if n_params is not None else None,
         iters=int(iters) if iters is not None else None,
         tokens_seen=int(tokens_seen) if tokens_seen is not None else None,
         final_val_loss=float(vals[-1]) if len(vals) else None,
@@ -234,7 +241,7 @@ def run_numbers(run):
         best_val_iter=int(curve(run, 'val_loss', 'iter')[0][best]) if best is not None else None,
         final_train_loss=float(trains[-1]) if len(trains) else None,
         # wall clock (evaluation included) from summary.json; a run that never wrote one: training time
-        wall_time_s=wall if isinstance(wall, (int, float)) else last('elapsed_s'),
+        wall_time_s=wall if wall is not None else last('elapsed_s'),
         train_time_s=last('elapsed_s'), tokens_per_s=tokens_per_s,
         mfu=float((mfu[ok] * dt[ok]).sum() / dt[ok].sum()) if ok.any() else None,
     )
