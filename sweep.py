@@ -225,6 +225,23 @@ def checked(settings, argv, where=None):
     return ns
 
 
+def check_data(runs_to_start):
+    """The prepared data every new run reads, checked once per folder before anything starts: a
+    missing or damaged one is one line (with the prepare command), not a failed run per grid point."""
+    from prepare import DataError, parse_tokenizer, read_meta
+    seen = set()
+    for run in runs_to_start:
+        s = run['settings']
+        key = (s['data_dir'], s['dataset_variant'], s['tokenizer'])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            read_meta(s['data_dir'], s['dataset_variant'], tokenizer=parse_tokenizer(s['tokenizer'])[0])
+        except DataError as e:
+            raise SweepError(f"{run['name']}: {e}") from None
+
+
 def plan_runs(spec, flags, settings, gpus_per_run):
     """Every run of the grid: name, grid values, resolved settings and train.py commands. Raises
     SweepError (one line) for any key or value train.py would refuse, and for run-name clashes."""
@@ -711,6 +728,7 @@ def sweep(argv):
               + ', '.join(f"{n} {a}" for a, n in counts.items()))
         return 0
 
+    check_data(r for r in todo if r['action'] in ('start', 'restart'))
     gpus = visible_gpus() if args.launcher == 'local' else []
     if gpus and args.gpus_per_run > len(gpus):
         raise SweepError(f"--gpus_per_run={args.gpus_per_run}: this machine has {len(gpus)} visible GPU(s)")

@@ -299,6 +299,8 @@ def test_each_local_slot_gets_its_own_gpus(tmp_path, monkeypatch):
     (dict(seed=[1, 2]), {}, ['--seed=3'], "seed is both varied by the grid"),
     (dict(seed=[1, 2]), {}, ['--run_name=x'], "--run_name: set by the sweep"),
     (dict(seed=[1]), {}, ['--parallel', '0'], "--parallel=0: expected at least 1"),
+    (dict(seed=[1, 2]), {}, ['--data_dir=/nowhere'], "s1: /nowhere/small/meta.json not found: run python prepare.py"),
+    (dict(seed=[1, 2]), {}, ['--tokenizer=bpe9'], "s1: tokenizer 'bpe9': 9 tokens is below 257"),
 ])
 def test_bad_input_is_one_line_and_starts_nothing(tmp_path, capsys, grid, extra, flags, expected):
     argv = [str(write_sweep(tmp_path, 'bad', grid, **extra)), f'--out_dir={tmp_path / "out"}', *flags]
