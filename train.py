@@ -100,6 +100,7 @@ def fail(message):
 try:
     config_file = configure(globals(), sys.argv[1:])
     if init_from == 'resume':  # the run's stored settings, then this command's file and flags on top
+        run_name = run_name or (os.path.splitext(os.path.basename(config_file))[0] if config_file else '')
         if not run_name:
             fail("--init_from=resume needs --run_name=NAME (the run folder under out_dir to continue)")
         run_dir = os.path.join(out_dir, run_name)

@@ -154,7 +154,8 @@ def test_resume_with_only_the_run_name_continues_exactly(small_data, straight_ru
 def test_raising_max_iters_on_resume_keeps_the_schedule_and_says_so(small_data, tmp_path):
     common = [a for a in TINY if not a.startswith('--lr_decay_iters')]
     run = train_run(small_data, tmp_path, 'sched', *common, '--max_iters=20', '--min_lr=2e-4')
-    result = run_train('--init_from=resume', '--run_name=sched', f'--out_dir={tmp_path}', '--max_iters=30')
+    (tmp_path / 'sched.py').write_text('max_iters = 30\n')  # a config file names the run, as at the start
+    result = run_train(tmp_path / 'sched.py', '--init_from=resume', f'--out_dir={tmp_path}')
     assert result.returncode == 0, result.stderr
     assert 'max_iters 20 -> 30: the cosine schedule still ends at iteration 20' in result.stdout
     lrs = {int(r['iter']): float(r['lr']) for r in rows(run / 'metrics.csv')}
