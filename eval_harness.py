@@ -52,6 +52,7 @@ import torch
 from tqdm import tqdm
 
 from model import pick_device
+from sample import check_settings
 from runs import (RunError, add_run_args, atomic_write_json, atomic_write_text, find_runs, load_run_model,
                   parse_step, read_run, resolve_checkpoint, seed_groups)
 
@@ -565,14 +566,12 @@ def parse_args(argv=None):
     ap.add_argument('--seed', type=int, default=1337, help='sampling seed (reset for every checkpoint)')
     ap.error = fail  # one line and exit 1, not a usage dump
     args = ap.parse_args(argv)
-    if args.max_new_tokens < 1:
-        fail(f"--max_new_tokens={args.max_new_tokens}: expected at least 1")
     if args.batch_size < 1:
         fail(f"--batch_size={args.batch_size}: expected at least 1")
-    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
-        fail(f"--temperature={args.temperature}: expected 0 (greedy) or a positive number")
-    if args.top_k is not None and args.top_k < 1:
-        fail(f"--top_k={args.top_k}: expected at least 1")
+    try:
+        check_settings(args.max_new_tokens, args.temperature, args.top_k)  # sample.py's, the same words
+    except ValueError as e:
+        fail(e)
     return args
 
 

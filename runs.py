@@ -166,11 +166,10 @@ class RunWriter:
 
     def _open(self, name, header, resume_after):
         path = self.run_dir / name
+        kept = []
         if resume_after is not None and path.is_file():
-            kept = [r for r in read_csv_rows(path) if _number(r.get('iter'), path, 0, 'iter') <= resume_after]
-            atomic_write_text(path, _rows_text(header, kept))
-        elif not path.is_file() or resume_after is None:
-            atomic_write_text(path, _rows_text(header, []))
+            kept = [r for r in read_csv_rows(path)[1] if _number(r.get('iter'), path, 0, 'iter') <= resume_after]
+        atomic_write_text(path, _rows_text(header, kept))
         f = open(path, 'a', newline='', encoding='utf-8')
         return csv.DictWriter(f, fieldnames=header, extrasaction='ignore', lineterminator='\n'), f
 
@@ -285,8 +284,8 @@ def _number(text, path, line, column):
 
 
 def read_csv_rows(path):
-    """The complete rows of a CSV as dicts. A last line without its line end, or with too few fields,
-    is a row being written (or cut by a kill): it is left out, and the rows before it are kept."""
+    """(header, the complete rows of a CSV as dicts). A last line without its line end, or with too few
+    fields, is a row being written (or cut by a kill): it is left out, and the rows before it are kept."""
     path = Path(path)
     try:
         text = path.read_bytes().decode('utf-8')
@@ -308,15 +307,13 @@ def read_csv_rows(path):
                 rows.pop()
                 break
             raise RunError(f"{path}: line {line}: expected {len(header)} fields")
-    return rows if header else []
+    return header, rows
 
 
 def read_csv_columns(path, required, text_columns=()):
     """A CSV file as {column: list}; numbers as floats (empty -> nan). Raises RunError naming the file."""
     path = Path(path)
-    rows = read_csv_rows(path)
-    with open(path, encoding='utf-8', newline='') as f:
-        header = next(csv.reader(f), [])
+    header, rows = read_csv_rows(path)
     missing = [c for c in required if c not in header]
     if missing:
         raise RunError(f"{path}: missing column(s) {', '.join(missing)} (header: {','.join(header) or 'empty'})")
