@@ -41,8 +41,8 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
+import stats
 from runs import (EXPECTED_TO_DIFFER, METRIC, METRICS, SEED_GROUP_IGNORED_KEYS, STATUSES, RunError, _short,
                   add_run_args, atomic_write_bytes, atomic_write_text, find_runs, read_layer_norms, read_run,
                   resolve_checkpoint, seed_groups)
@@ -53,16 +53,13 @@ STATUS_LABELS = {'completed': 'completed', 'running': 'running (in progress)', '
                  'diverged': 'diverged', 'failed': 'failed', 'stale': 'stale (process gone; resume it)',
                  'unknown': 'unknown (no summary.json)'}
 assert set(STATUS_LABELS) == set(STATUSES)
-CONFIDENCE = 0.95
-WITHIN_NOISE = 'within noise'
-NO_NOISE_ESTIMATE = 'n=1: no seed noise estimate'
 STORY_TOKENS, STORY_TEMPERATURE, STORY_TOP_K, STORY_SEED = 120, 0.8, 200, 1
 
 RUN_COLUMNS = ['run', 'model_name', 'group', 'seed', 'status', 'tokenizer', 'n_params', 'iters',
                'tokens_seen', 'final_val_loss', 'final_val_bpb', 'final_val_tokens', 'best_val_loss',
                'best_val_iter', 'final_train_loss', 'wall_time_s', 'train_time_s', 'tokens_per_s', 'mfu']
 STAT_COLUMNS = ['metric', 'at_tokens', 'diff_vs_baseline', 'ci95_low', 'ci95_high', 'df', 'method', 'p_value',
-                'p_holm', 'verdict']
+                'p_holm', 'verdict', 'diverged']
 GROUP_COLUMNS = ['group', 'model_name', 'runs', 'n', 'mean_final_val_loss', 'std_final_val_loss',
                  'mean_final_val_bpb', 'std_final_val_bpb'] + STAT_COLUMNS + ['notes']
 TUNED_COLUMNS = ['variant', 'best_value', 'values_tried'] + GROUP_COLUMNS
@@ -80,55 +77,11 @@ def label(column):
     return METRIC[column].label if column in METRIC else column
 
 # -----------------------------------------------------------------------------
-# statistics: a difference, its Student-t interval and p-value, and the Holm adjustment
-
-
-def t_interval(diff, se, df, method):
-    """diff with its CONFIDENCE t-interval (standard error se, df degrees of freedom) and the two-sided
-    p-value of 'no difference'."""
-    diff = float(diff)
-    if se == 0.0:  # every replicate identical: no spread to scale an interval with
-        return dict(diff=diff, low=diff, high=diff, df=None, p=float(diff == 0.0), method=method)
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
-    return dict(diff=diff, low=diff - half, high=diff + half, df=float(df),
-                p=float(2 * stats.t.sf(abs(diff) / se, df)), method=method)
-
-
-def welch_interval(values, base_values):
-    """mean(values) - mean(base_values), unequal variances (Welch-Satterthwaite df); >= 2 runs a side."""
-    a, b = np.asarray(values, dtype=float), np.asarray(base_values, dtype=float)
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)  # squared standard errors of the means
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else None
-    return t_interval(a.mean() - b.mean(), math.sqrt(va + vb), df, f'Welch (n={len(a)} vs {len(b)})')
-
-
-def paired_interval(values, base_values, seeds):
-    """Mean of the per-seed differences: the seed's share of the noise (batch order, init) cancels."""
-    d = np.asarray(values, dtype=float) - np.asarray(base_values, dtype=float)
-    return t_interval(d.mean(), d.std(ddof=1) / math.sqrt(len(d)), len(d) - 1,
-                      f"paired by seed ({', '.join(map(str, seeds))})")
-
-
-def single_run_interval(value, base_values, spread_of='baseline'):
-    """One run against a replicated group, assuming the run's seed noise equals the group's:
-    Var(x - mean(b)) = s_b^2 (1 + 1/n_b), on n_b - 1 degrees of freedom."""
-    b = np.asarray(base_values, dtype=float)
-    return t_interval(value - b.mean(), b.std(ddof=1) * math.sqrt(1 + 1 / len(b)), len(b) - 1,
-                      f'n=1; assumes the {spread_of} seed spread (n={len(b)})')
-
-
-def holm(p_values):
-    """Holm-Bonferroni adjusted p-values, in the given order: the k-th smallest (k from 0) times
-    (m - k), never below the one before it, at most 1."""
-    adjusted, running = [None] * len(p_values), 0.0
-    for k, i in enumerate(np.argsort(p_values, kind='stable')):
-        running = max(running, min(1.0, (len(p_values) - k) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
+# which runs enter a verdict, at which point (the arithmetic is in stats.py)
 
 
 def usable(run):
-    """Diverged runs are shown but left out of every statistic."""
+    """Diverged runs are shown, counted as an outcome ('k of n diverged') and left out of the values."""
     return run['status'] != 'diverged'
 
 
@@ -141,39 +94,99 @@ def curve(run, key, x_key='tokens_seen'):
     return x[ok], y[ok]
 
 
-def compare_groups(group, baseline, metric):
-    """group minus baseline in `metric` at the largest token count every usable run of both reached,
-    paired by seed where >= 2 seeds pair up, else Welch, else one run against the other side's spread.
-    dict(at_tokens, diff, low, high, df, p, method), or None where a side has no value."""
+def _last_tokens(run):
+    tokens = curve(run, 'tokens_seen', 'iter')[1]
+    return tokens[-1] if len(tokens) else -1.0
+
+
+def replicates(group):
+    """One run per seed: a rerun or a copied folder of the same settings and seed is the same replicate.
+    Keeps the run that got furthest (completed, then diverged, then the most tokens; the first listed on
+    a tie). Returns (kept runs, [(dropped run, the run kept for its seed)])."""
+    by_seed = {}
+    for run in group['runs']:
+        by_seed.setdefault(run['config'].get('seed'), []).append(run)
+    rank = {'completed': 2, 'diverged': 1}
+    kept, dropped = [], []
+    for runs in by_seed.values():
+        best = max(runs, key=lambda r: (rank.get(r['status'], 0), _last_tokens(r)))  # max keeps the first on ties
+        kept.append(best)
+        dropped += [(r, best) for r in runs if r is not best]
+    return kept, dropped
+
+
+def divergence(group):
+    """(diverged, runs with an outcome) over the group's replicates: completed and diverged runs count,
+    unfinished ones have no outcome yet."""
+    kept = replicates(group)[0]
+    return (sum(r['status'] == 'diverged' for r in kept),
+            sum(r['status'] in ('completed', 'diverged') for r in kept))
+
+
+def value_at(x, y, point):
+    """(value, interpolated) of a curve at `point`: its own evaluation there, else np.interp between the
+    evaluations around it; (None, False) where the curve does not reach the point."""
+    i = int(np.searchsorted(x, point))
+    if i < len(x) and x[i] == point:
+        return float(y[i]), False
+    if len(x) and x[0] < point < x[-1]:
+        return float(np.interp(point, x, y)), True
+    return None, False
+
+
+def comparison_point(curves):
+    """(tokens, interpolated): the most tokens at which every curve has an evaluation (0, the untrained
+    model, does not count); where their evaluations never coincide, the most tokens every curve reached,
+    interpolated; None where they share no span after 0."""
+    common = set(curves[0][0].tolist()).intersection(*(x.tolist() for x, _ in curves[1:]))
+    common = [t for t in common if t > 0]
+    if common:
+        return max(common), False
+    lo, hi = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
+    return (float(hi), True) if hi > 0 and hi >= lo else (None, False)
+
+
+def compare_groups(group, baseline, metric, min_effect=stats.MIN_EFFECT):
+    """group minus baseline in `metric` at the comparison point: the most tokens at which every completed
+    replicate of both groups was evaluated (unfinished runs never move it; a side with no completed run
+    lets its unfinished ones set it). Runs that reached it enter stats.compare_values; the others are named.
+    dict(stats.compare_values's keys, at_tokens, interpolated, left_out), or None where a side has no
+    value."""
     sides = []
     for g in (group, baseline):
-        curves = [(r['config'].get('seed'), *curve(r, metric)) for r in g['runs'] if usable(r)]
-        sides.append([c for c in curves if len(c[1])])
+        runs = [r for r in replicates(g)[0] if usable(r)]
+        sides.append([(r, *curve(r, metric)) for r in runs if len(curve(r, metric)[0])])
     if not all(sides):
         return None
-    tokens = min(x[-1] for side in sides for _, x, _ in side)
-    # left=nan: a run whose first value comes after `tokens` has none there
-    g, b = ([(seed, float(np.interp(tokens, x, y, left=np.nan))) for seed, x, y in side] for side in sides)
-    g, b = [sv for sv in g if not math.isnan(sv[1])], [sv for sv in b if not math.isnan(sv[1])]
-    g_seeds, b_seeds = [s for s, _ in g], [s for s, _ in b]
-    pairs = [s for s in g_seeds if s is not None and g_seeds.count(s) == 1 and b_seeds.count(s) == 1]
-    g_values, b_values = [v for _, v in g], [v for _, v in b]
-    if len(pairs) >= 2:
-        g_by, b_by = dict(g), dict(b)
-        result = paired_interval([g_by[s] for s in pairs], [b_by[s] for s in pairs], pairs)
-    elif len(g) >= 2 and len(b) >= 2:
-        result = welch_interval(g_values, b_values)
-    elif len(g) == 1 and len(b) >= 2:
-        result = single_run_interval(g_values[0], b_values)
-    elif len(b) == 1 and len(g) >= 2:  # the mirror image: a one-run baseline, the group's spread
-        r = single_run_interval(b_values[0], g_values, spread_of="group's")
-        result = dict(r, diff=-r['diff'], low=-r['high'], high=-r['low'])
-    elif g and b:
-        result = dict(diff=float(np.mean(g_values) - np.mean(b_values)), low=None, high=None, df=None, p=None,
-                      method=NO_NOISE_ESTIMATE)
-    else:
+    setters = []
+    for side in sides:
+        completed = [(x, y) for r, x, y in side if r['status'] == 'completed']
+        setters += completed or [(x, y) for _, x, y in side]
+    point, interpolated = comparison_point(setters)
+    if point is None:
         return None
-    return dict(result, at_tokens=int(tokens))
+    values, left_out = [{}, {}], []
+    for by_seed, side in zip(values, sides):
+        for r, x, y in side:
+            value, between = value_at(x, y, point)
+            if value is None:
+                left_out.append(f"{r['name']} ({STATUS_LABELS[r['status']]}) did not reach {int(point):,} tokens")
+                continue
+            interpolated |= between
+            by_seed[r['config'].get('seed')] = value
+    result = stats.compare_values(values[0], values[1], pairing_note=pairing_note(group, baseline))
+    if result is None:
+        result = dict(diff=None, low=None, high=None, df=None, p=None, method=None, n=len(values[0]),
+                      n_base=len(values[1]), paired=False)
+    elif interpolated:
+        result['method'] += '; interpolated between evaluations'
+    return dict(result, at_tokens=int(point), interpolated=interpolated, left_out=left_out)
+
+
+def pairing_note(group, baseline):
+    """What a pair of runs shares beyond its seed: the batches only where both ran on one tokenizer."""
+    names = {tokenizer_name(r['config']) for r in group['runs'] + baseline['runs']}
+    return 'same seeds; different tokenizers, so not the same batches' if len(names) > 1 else ''
 
 # -----------------------------------------------------------------------------
 # loading runs and their per-run numbers
@@ -281,8 +294,8 @@ def judged_metric(groups, metric):
 
 
 def final_values(group, rows, column):
-    """Final values of a column (final_val_loss, ...) of the group's usable runs that have one."""
-    values = [rows[r['name']][column] for r in group['runs'] if usable(r)]
+    """Final values of a column (final_val_loss, ...) of the group's usable replicates that have one."""
+    values = [rows[r['name']][column] for r in replicates(group)[0] if usable(r)]
     return [v for v in values if v is not None]
 
 
@@ -290,7 +303,7 @@ def group_notes(group, rows):
     notes = []
     for r in group['runs']:
         if r['status'] == 'diverged':
-            notes.append(f"{r['name']} diverged (left out)")
+            notes.append(f"{r['name']} diverged")
         elif r['status'] != 'completed':
             notes.append(f"{r['name']} {STATUS_LABELS[r['status']]}")
         elif rows[r['name']]['final_val_loss'] is None:
@@ -299,63 +312,84 @@ def group_notes(group, rows):
               if rows[r['name']]['final_val_tokens'] is not None}
     if len(tokens) > 1:
         notes.append(f'final values at {min(tokens):,}..{max(tokens):,} tokens')
-    seeds = [r['config'].get('seed') for r in group['runs']]
-    repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        notes.append(f"seed {', '.join(repeated)} repeated")
+    notes += [f"{r['name']} counted once with {kept['name']} (same settings and seed)"
+              for r, kept in replicates(group)[1]]
     differing = sorted({k for r in group['runs'] for k in r['config'] if k in SEED_GROUP_IGNORED_KEYS
                         and k not in EXPECTED_TO_DIFFER
                         and len({_short(q['config'].get(k)) for q in group['runs']}) > 1})
     if differing:
         notes.append(f"pooled across {', '.join(differing)}")
-    return '; '.join(notes)
+    return notes
 
 
-def verdict(row):
-    metric, diff = row['metric'], row['diff_vs_baseline']
-    if diff is None:
-        return f'no {metric} yet'
-    at = f" at {row['at_tokens']:,} tokens"
-    if row['p_value'] is None:
-        return NO_NOISE_ESTIMATE + at
-    direction = f"{'lower' if diff < 0 else 'higher'} {metric} than baseline"
-    if row['p_holm'] < 1 - CONFIDENCE:
-        return f'{direction}, beyond noise' + at
-    if row['p_value'] < 1 - CONFIDENCE:
-        return f'{WITHIN_NOISE} after Holm adjustment (unadjusted: {direction})' + at
-    return WITHIN_NOISE + at
-
-
-def group_table(groups, baseline, rows, metric):
-    """One row per group (baseline first): final values, and the difference from the baseline in
-    `metric` at equal tokens with its interval; verdicts Holm-adjusted across all rows."""
-    table = []
+def group_table(groups, baseline, rows, metric, min_effect=stats.MIN_EFFECT):
+    """One row per group (baseline first): final values over its replicates, and the difference from the
+    baseline in `metric` at the comparison point with its interval; verdicts Holm-adjusted across all rows."""
+    table, results = [], []
+    base_diverged = divergence(baseline)
     for group in [baseline] + [g for g in groups if g is not baseline]:
+        result = compare_groups(group, baseline, metric, min_effect) if group is not baseline else None
+        notes = group_notes(group, rows) + (result['left_out'] if result else [])
+        k, n_outcomes = divergence(group)
         row = dict(group=group['label'], model_name=group['model_name'],
                    runs=' '.join(r['name'] for r in group['runs']), metric=metric,
-                   n=len(final_values(group, rows, f'final_{metric}')), notes=group_notes(group, rows))
+                   n=len(final_values(group, rows, f'final_{metric}')), diverged=f'{k} of {n_outcomes}',
+                   notes='; '.join(notes))
         for column in ('val_loss', 'val_bpb'):
-            values = final_values(group, rows, f'final_{column}')
-            row[f'mean_final_{column}'] = float(np.mean(values)) if values else None
-            row[f'std_final_{column}'] = float(np.std(values, ddof=1)) if len(values) >= 2 else None
-        result = compare_groups(group, baseline, metric) if group is not baseline else None
+            summary = stats.describe(final_values(group, rows, f'final_{column}'))
+            row[f'mean_final_{column}'], row[f'std_final_{column}'] = summary['mean'], summary['std']
+        if result:
+            row['n'] = result['n']  # the runs that entered the test
         result = result or {}
         row.update(at_tokens=result.get('at_tokens'), diff_vs_baseline=result.get('diff'),
                    ci95_low=result.get('low'), ci95_high=result.get('high'), df=result.get('df'),
-                   method=result.get('method'), p_value=result.get('p'), p_holm=None)
+                   method=result.get('method'), p_value=result.get('p'))
         table.append(row)
-    tested = [row for row in table if row['p_value'] is not None]
-    for row, p in zip(tested, holm([row['p_value'] for row in tested])):
+        results.append(result if result.get('diff') is not None else None)
+    for row, p in zip(table, stats.holm([row['p_value'] for row in table])):
         row['p_holm'] = p
-    for row in table:
-        row['verdict'] = 'baseline' if row is table[0] else verdict(row)
+    table[0]['verdict'] = 'baseline'
+    for row, result, group in zip(table[1:], results[1:], [g for g in groups if g is not baseline]):
+        row['verdict'] = stats.verdict(result, row['p_holm'], metric, min_effect, divergence(group),
+                                       base_diverged)
+        if row['at_tokens'] is not None and result is not None:
+            row['verdict'] += f" at {row['at_tokens']:,} tokens"
     return table
 
 
-def tuned_table(loaded, groups, baseline, rows, metric, keys):
+def with_seeds(group, seeds):
+    """The group restricted to runs of these seeds (all of them where seeds is None)."""
+    if seeds is None:
+        return group
+    return dict(group, runs=[r for r in group['runs'] if r['config'].get('seed') in seeds])
+
+
+def split_seeds(loaded, tune_seeds, report_seeds):
+    """(tune seeds, report seeds, what was done): --tune_seeds / --report_seeds, each defaulting to the
+    seeds the other leaves; neither: both None (selected and reported on the same runs)."""
+    if tune_seeds is None and report_seeds is None:
+        return None, None, ('best value chosen and reported on the same seeds: optimistic for variants tried '
+                            'at more values (hold seeds out with --tune_seeds / --report_seeds)')
+    seeds = {r['config'].get('seed') for r in loaded}
+    tune = set(tune_seeds) if tune_seeds is not None else seeds - set(report_seeds)
+    report = set(report_seeds) if report_seeds is not None else seeds - set(tune_seeds)
+    if tune & report:
+        fail(f"--tune_seeds and --report_seeds share seed {', '.join(map(str, sorted(tune & report)))}: "
+             f"a held-out report needs seeds the choice did not see")
+    for flag, chosen in (('--tune_seeds', tune), ('--report_seeds', report)):
+        if not chosen & seeds:
+            fail(f"{flag}: no run has seed {', '.join(map(str, sorted(chosen))) or '(none left)'} "
+                 f"(seeds: {', '.join(map(str, sorted(seeds, key=str)))})")
+    said = lambda xs: ', '.join(map(str, sorted(xs)))
+    return tune, report, f'best value chosen on seeds {said(tune)}; reported on held-out seeds {said(report)}'
+
+
+def tuned_table(loaded, groups, baseline, rows, metric, keys, tune_seeds=None, report_seeds=None,
+                min_effect=stats.MIN_EFFECT):
     """Each variant (runs alike but for the tuned keys and the seed) at its own best value of the keys:
-    the seed group with the lowest mean final metric, compared with the baseline variant at its own
-    best. Returns (table, variants): variants = [(label, [(value, group), ...], best group)]."""
+    the seed group with the lowest mean final metric over tune_seeds, compared with the baseline variant at
+    its own best on report_seeds (None: all seeds). Returns (table, variants): variants = [(label,
+    [(value, group), ...], best group)]."""
     for key in keys:
         if key in SEED_GROUP_IGNORED_KEYS:
             fail(f"--tune {key}: {key} does not split seed groups ({SEED_GROUP_IGNORED_KEYS[key]}); "
@@ -365,7 +399,7 @@ def tuned_table(loaded, groups, baseline, rows, metric, keys):
             fail(f"--tune {key}: no run's config.json has {key} (keys: {keys_there})")
     stripped = [dict(r, config={k: v for k, v in r['config'].items() if k not in keys}) for r in loaded]
     value = lambda g: ', '.join(f"{k}={_short(g['runs'][0]['config'].get(k))}" for k in keys)
-    mean_final = lambda g: np.mean(final_values(g, rows, f'final_{metric}') or [math.inf])
+    mean_final = lambda g: np.mean(final_values(with_seeds(g, tune_seeds), rows, f'final_{metric}') or [math.inf])
     variants = []
     for variant in seed_groups(stripped):
         names = {r['name'] for r in variant['runs']}
@@ -374,7 +408,8 @@ def tuned_table(loaded, groups, baseline, rows, metric, keys):
         variants.append((variant['label'], [(value(g), g) for g in members], min(members, key=mean_final)))
     base = next(i for i, (_, members, _) in enumerate(variants) if any(g is baseline for _, g in members))
     variants.insert(0, variants.pop(base))
-    table = group_table([best for _, _, best in variants], variants[0][2], rows, metric)
+    reported = [with_seeds(best, report_seeds) for _, _, best in variants]
+    table = group_table(reported, reported[0], rows, metric, min_effect)
     for row, (name, members, best) in zip(table, variants):
         tried = [v for v, _ in members]
         edge = len(tried) > 2 and best in (members[0][1], members[-1][1])
@@ -750,20 +785,26 @@ def stories_html(stories):
 
 HOW_TO_READ = (
     "Runs whose config.json differs only in the seed (and bookkeeping keys: runs.SEED_GROUP_IGNORED_KEYS) "
-    "form a seed group. diff_vs_baseline is the group's judged metric minus the baseline group's, at "
-    "at_tokens: the most tokens every run of both groups reached (negative: lower than the baseline). method "
-    f"says how its {CONFIDENCE:.0%} interval (ci95_low..ci95_high, unadjusted) was made: paired by seed (the "
-    "mean of the per-seed differences; same seed = same batches), Welch (unpaired groups), or, for a "
-    "single run against a replicated group, that group's seed spread taken as the noise of both (an "
-    "assumption). The verdict is Holm-Bonferroni adjusted across all groups in the table "
-    f"(p_holm < {1 - CONFIDENCE:.2g}), so many variants do not yield a winner by chance. '{WITHIN_NOISE}': "
+    "form a seed group; a rerun or copy of the same settings and seed counts once (notes). "
+    "diff_vs_baseline is the group's judged metric minus the baseline group's at at_tokens: the most tokens "
+    "at which every completed run of both groups was evaluated (negative: lower than the baseline). "
+    "Unfinished runs never move that point; those that did not reach it are left out and named in notes; n "
+    f"is the number of the group's runs that entered the test. method says how its {stats.CONFIDENCE:.0%} "
+    "interval (ci95_low..ci95_high, unadjusted) was made: paired by seed when both groups have the same "
+    "seeds (the mean of the per-seed differences; same seed = same initialisation and batches on one "
+    "tokenizer), else Welch on all runs, or, for a single run against a replicated group, that group's seed "
+    "spread taken as the noise of both (an assumption); 'interpolated' where evaluations did not coincide. "
+    "The verdict is Holm-Bonferroni adjusted across all groups in the table "
+    f"(p_holm < {stats.ALPHA:.2g}), so many variants do not yield a winner by chance. '{stats.WITHIN_NOISE}': "
     "these runs cannot tell the difference from seed noise (which is not proof that there is none). "
-    f"'{NO_NOISE_ESTIMATE}': no side has two runs; train more seeds.")
+    f"'{stats.NO_DIFFERENCE}': smaller than the resolution floor --min_effect whatever the p-value. "
+    "Diverged runs are an outcome (diverged: k of n runs that finished); a group that diverged more often "
+    "than the baseline is said so (one-sided Fisher exact test) before the verdict on its survivors. "
+    f"'{stats.NO_NOISE_ESTIMATE}': no side has two runs; train more seeds.")
 HOW_TO_READ_TUNED = (
     "A variant is a set of runs alike but for the tuned keys and the seed. Each is shown at its own best "
-    "value (lowest mean final metric over its seeds) and compared, as above, with the baseline at the "
-    "baseline's best. The best value is picked on the same runs, so these intervals lean slightly in favour "
-    "of variants tried at more values.")
+    "value (lowest mean final metric over the tuning seeds) and compared, as above, on the report seeds "
+    "with the baseline at the baseline's best.")
 
 
 def groups_markdown(table, baseline_label, why, warnings, notes):
@@ -822,6 +863,15 @@ def parse_args(argv):
     ap.add_argument('--metric', default='val_loss', help=f"judge on {' or '.join(JUDGED)} (default val_loss)")
     ap.add_argument('--tune', nargs='+', metavar='KEY', default=None,
                     help='also compare each variant at its own best value of these keys, e.g. learning_rate')
+    ap.add_argument('--tune_seeds', nargs='+', type=int, metavar='SEED', default=None,
+                    help='with --tune: choose the best value on these seeds only (default: all, or those '
+                         'that --report_seeds leaves)')
+    ap.add_argument('--report_seeds', nargs='+', type=int, metavar='SEED', default=None,
+                    help='with --tune: compare the chosen values on these held-out seeds (default: the seeds '
+                         '--tune_seeds leaves)')
+    ap.add_argument('--min_effect', type=float, default=stats.MIN_EFFECT,
+                    help=f'resolution floor: a smaller difference is "no difference" whatever its p-value '
+                         f'(default {stats.MIN_EFFECT:g}, above float noise of a mean val loss)')
     ap.add_argument('--no_samples', action='store_true', help='leave the stories out of report.html')
     ap.add_argument('--device', default='auto', help='device the stories are sampled on (default: auto)')
     ap.error = fail  # one line and exit 1, not a usage dump
@@ -831,6 +881,10 @@ def parse_args(argv):
     args.runs_dir = Path(args.runs_dir_arg or args.runs_dir or 'out')
     if args.metric not in JUDGED:
         fail(f"--metric {args.metric!r}: expected one of {', '.join(JUDGED)}")
+    if not (math.isfinite(args.min_effect) and args.min_effect >= 0):
+        fail(f'--min_effect {args.min_effect}: expected a difference >= 0 in the judged metric, e.g. 1e-4')
+    if (args.tune_seeds or args.report_seeds) and not args.tune:
+        fail('--tune_seeds / --report_seeds choose and report the best value of --tune KEY: give --tune too')
     return args
 
 
@@ -871,11 +925,16 @@ def main(argv=None):
     notes = [note] if note else []
     tuned = variants = None
     if args.tune:
-        tuned, variants = tuned_table(loaded, groups, baseline, rows, metric, args.tune)
+        tune_seeds, report_seeds, how = split_seeds(loaded, args.tune_seeds, args.report_seeds)
+        tuned, variants = tuned_table(loaded, groups, baseline, rows, metric, args.tune, tune_seeds, report_seeds,
+                                      args.min_effect)
+        notes.append(f'--tune: {how}')
     if tuned and not args.baseline:  # every group is then compared with the baseline at its best value too
         baseline = variants[0][2]
         why = f"the baseline variant ({variants[0][0]}) at its best {', '.join(args.tune)}"
-    table = group_table(groups, baseline, rows, metric)
+    table = group_table(groups, baseline, rows, metric, args.min_effect)
+    notes += [f"{r['name']} counted once: same settings and seed as {kept['name']} (a rerun or a copy)"
+              for g in groups for r, kept in replicates(g)[1]]
     warnings = token_warnings(rows) + [f'skipped {s}' for s in skipped]
 
     report_dir = Path(args.report_dir)
@@ -894,7 +953,7 @@ def main(argv=None):
              'groups.md': groups_markdown(table, baseline['label'], why, warnings, notes)}
     if tuned:
         texts['tuned.csv'] = to_csv(tuned, TUNED_COLUMNS)
-        texts['tuned.md'] = (f"# Tuned: {', '.join(args.tune)}\n\n{HOW_TO_READ_TUNED}\n\n"
+        texts['tuned.md'] = (f"# Tuned: {', '.join(args.tune)}\n\n{HOW_TO_READ_TUNED} {how}.\n\n"
                              + to_markdown(tuned, TUNED_COLUMNS))
     texts['report.html'] = report_html(run_table, table, tuned, plots, stories, baseline['label'], why,
                                        warnings, notes, args.runs_dir, args.x)

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 import compare
+import stats as seed_stats
 from conftest import REPO, run_script
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -92,7 +93,7 @@ def two_groups(tmp_path):
 
 def test_welch_interval_by_hand_and_against_scipy():
     # variances 0.02 and 0.005, n=2 each: se^2 = 0.01 + 0.0025, df = se^4 / (0.01^2 + 0.0025^2) = 25/17
-    r = compare.welch_interval([2.0, 2.2], [1.8, 1.9])
+    r = seed_stats.welch_interval([2.0, 2.2], [1.8, 1.9])
     assert r['diff'] == pytest.approx(0.25) and r['df'] == pytest.approx(25 / 17)
     half = stats.t.ppf(0.975, 25 / 17) * math.sqrt(0.0125)
     assert (r['low'], r['high']) == pytest.approx((0.25 - half, 0.25 + half))
@@ -101,7 +102,7 @@ def test_welch_interval_by_hand_and_against_scipy():
     assert (r['low'], r['high']) == pytest.approx(tuple(scipy_test.confidence_interval(0.95)))
     assert r['p'] == pytest.approx(scipy_test.pvalue) and r['method'] == 'Welch (n=2 vs 2)'
     # equal spreads and sizes: df = 2(n-1) = 4, t = 2.776 (t table), se = sqrt(2 * 1e-4 / 3)
-    r = compare.welch_interval([2.0, 2.01, 2.02], [1.5, 1.51, 1.52])
+    r = seed_stats.welch_interval([2.0, 2.01, 2.02], [1.5, 1.51, 1.52])
     assert r['df'] == pytest.approx(4.0)
     half = 2.776 * math.sqrt(2e-4 / 3)
     assert (r['low'], r['high']) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-4)
@@ -114,7 +115,7 @@ def test_paired_interval_against_t_tables_and_scipy(diffs, t_table):
     """Seeds move both runs of a pair by up to 0.9: pairing cancels that, only the differences count."""
     base = [2.0 + 0.3 * (i % 4) for i in range(len(diffs))]
     values = [b + d for b, d in zip(base, diffs)]
-    r = compare.paired_interval(values, base, seeds=list(range(1, len(diffs) + 1)))
+    r = seed_stats.paired_interval(values, base, seeds=list(range(1, len(diffs) + 1)))
     n, sd = len(diffs), float(np.std(diffs, ddof=1))
     assert r['df'] == n - 1 and r['diff'] == pytest.approx(np.mean(diffs))
     assert (r['high'] - r['diff']) / (sd / math.sqrt(n)) == pytest.approx(t_table, abs=6e-4)
@@ -125,14 +126,14 @@ def test_paired_interval_against_t_tables_and_scipy(diffs, t_table):
 
 def test_holm_adjustment_by_hand():
     # sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1 = 0.04, 0.09, 0.08 -> 0.09 (not below the one before), 0.2
-    assert compare.holm([0.01, 0.04, 0.03, 0.20]) == pytest.approx([0.04, 0.09, 0.09, 0.20])
-    assert compare.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
-    assert compare.holm([0.02]) == [0.02]  # one comparison: nothing to adjust
+    assert seed_stats.holm([0.01, 0.04, 0.03, 0.20]) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    assert seed_stats.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    assert seed_stats.holm([0.02]) == [0.02]  # one comparison: nothing to adjust
 
 
 def test_single_run_against_replicated_baseline_by_hand():
     # baseline sd 0.01 (n=3): the run's noise is assumed the same: se = 0.01 * sqrt(1 + 1/3), df 2, t 4.303
-    r = compare.single_run_interval(1.4, [1.5, 1.51, 1.52])
+    r = seed_stats.single_run_interval(1.4, [1.5, 1.51, 1.52])
     half = 4.303 * 0.01 * math.sqrt(4 / 3)
     assert r['diff'] == pytest.approx(-0.11) and r['df'] == 2
     assert (r['low'], r['high']) == pytest.approx((-0.11 - half, -0.11 + half), abs=1e-4)
@@ -192,7 +193,9 @@ def test_verdict_at_equal_tokens_interpolates_between_eval_points(tmp_path):
     assert late['at_tokens'] == 25 * TOKENS_PER_ITER
     # per seed: 3.4 - (4.0 + 3.0) / 2 = -0.1 and 3.5 - (4.2 + 3.1) / 2 = -0.15
     assert late['diff_vs_baseline'] == pytest.approx(-0.125)
-    assert late['method'] == 'paired by seed (1, 2)' and late['verdict'].endswith('at 25,600 tokens')
+    # no evaluation point in common after 0: interpolation cannot be avoided, and the method says so
+    assert late['method'] == 'paired by seed (1, 2); interpolated between evaluations'
+    assert late['verdict'].endswith('at 25,600 tokens')
     # the final-value columns stay final: they are not at equal tokens
     assert rows['baseline']['mean_final_val_loss'] == pytest.approx(3.05)
     assert late['mean_final_val_loss'] == pytest.approx(3.45)
@@ -218,7 +221,7 @@ def test_single_run_groups_against_a_replicated_baseline(tmp_path):
     assert single['verdict'].startswith('lower val_loss than baseline, beyond noise')
     # against a one-run baseline: a replicated group lends its spread (the mirror image); a single run has none
     rows = group_rows(out, baseline='lonely_s1')
-    mirrored = compare.single_run_interval(1.6, [2.0, 2.01, 2.02])
+    mirrored = seed_stats.single_run_interval(1.6, [2.0, 2.01, 2.02])
     assert rows['mqa']['method'] == "n=1; assumes the group's seed spread (n=3)"
     assert (rows['mqa']['ci95_low'], rows['mqa']['ci95_high']) == pytest.approx(
         (-mirrored['high'], -mirrored['low']))
@@ -254,7 +257,8 @@ def test_seed_groups_ignore_bookkeeping_but_split_on_training_settings(tmp_path)
     assert labels[3].startswith('baseline [data.train.sha256=other bins, ')
     assert labels[4] == 'baseline [n_layer=4, learning_rate=0.001, data.train.sha256=abc]'
     rows = {r['name']: compare.run_numbers(r) for r in loaded}
-    assert compare.group_notes(groups[0], rows) == 'seed 1 repeated; pooled across compile, device, eval_interval'
+    assert compare.group_notes(groups[0], rows) == ['g counted once with a (same settings and seed)',
+                                                     'pooled across compile, device, eval_interval']
     # several groups share model_name 'baseline': the first is taken, and the reason says so
     baseline, why = compare.pick_baseline(groups, None)
     assert baseline is groups[0] and 'several groups' in why
@@ -368,7 +372,8 @@ def test_statuses_are_labelled_and_figures_match_the_files(tmp_path, capsys):
     base = groups['baseline']
     assert base['n'] == '6'  # the diverged run is left out of the mean, and the notes say so
     assert float(base['mean_final_val_loss']) == pytest.approx(np.mean([1.8, 2.5, 1.95, 1.85, 1.9, 1.97]))
-    assert 'base_diverged diverged (left out)' in base['notes']
+    assert 'base_diverged diverged' in base['notes']
+    assert base['diverged'] == '1 of 2'  # an outcome; the runs not finished have none yet
     assert 'base_running running (in progress)' in base['notes'] and 'base_stale stale' in base['notes']
     assert groups['gqa']['verdict'] == 'no val_loss yet'
     # the running run stopped 10 iterations short: final values are not at equal tokens, and it says so
