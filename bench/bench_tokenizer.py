@@ -41,6 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import prepare  # noqa: E402
+import tokenizer  # noqa: E402
 from model import GPT, make_config  # noqa: E402
 
 parser = argparse.ArgumentParser(description="bpe4k against GPT-2: tokenizer training, encoding, a CPU step")
@@ -80,9 +81,10 @@ with tempfile.TemporaryDirectory() as tmp:
     train_s = []
     for run in range(args.runs):
         t0 = time.perf_counter()
-        prepare.train_tokenizer(iter(train_stories), 4096, tmp / f'tokenizer{run}.json')
+        (tmp / f'run{run}').mkdir()
+        tokenizer.build_tokenizer('bpe4k', iter(train_stories), tmp / f'run{run}')
         train_s.append(time.perf_counter() - t0)
-    same = len({(tmp / f'tokenizer{run}.json').read_bytes() for run in range(args.runs)}) == 1
+    same = len({f.read_bytes() for run in range(args.runs) for f in (tmp / f'run{run}').iterdir()}) == 1
     print(f"\n1. bpe4k training on {len(train_stories):,} stories ({train_mb:.1f} MB): {spread(train_s)} s "
           f"(median (min-max)); the same file every run: {same}")
     results['bpe4k_train_s'] = train_s
@@ -96,7 +98,7 @@ with tempfile.TemporaryDirectory() as tmp:
             meta = prepare.prepare('small', 'sample', tmp / 'data', tokenizer=name)
         prepare_s[name] = time.perf_counter() - t0
         folder = prepare.variant_dir(tmp / 'data', 'small', name)
-        tokenizers[name] = prepare.load_tokenizer(meta['tokenizer_info'], folder)
+        tokenizers[name] = tokenizer.load_tokenizer(meta['tokenizer_info'], folder)
         bins[name] = prepare.load_bin(tmp / 'data', 'small', 'train', tokenizer=name)
     print(f"   prepare.py --variant small --source sample, end to end (one run): "
           f"gpt2 {prepare_s['gpt2']:.1f} s, bpe4k {prepare_s['bpe4k']:.1f} s (training included)")

