@@ -5,7 +5,9 @@ Overrides a script's typed globals, nanoGPT style, but with errors that explain:
 
 A config file is plain Python with bare assignments, run first; --key=value flags come after it.
 Every key must be a global the script declares with a type annotation, and every value must have
-that type (an int is accepted where a float is expected). Used as:
+that type (an int is accepted where a float is expected). A config file builds on another with a
+line `base = 'config/baseline.py'` (a path from the current folder or the repository): the base's
+settings first, then the file's own. Used as:
 
     from configurator import configure
     configure(globals(), sys.argv[1:])
@@ -121,6 +123,33 @@ def read_python_file(path, kind='config'):
             if not k.startswith('_') and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
 
 
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def config_chain(path, seen=()):
+    """[(file, the settings it assigns)] from the first base to path itself: a config file builds on
+    the one its `base` names (from the current folder or the repository), which may have a base too.
+    Raises ConfigError for a base that is missing, not a path, or a loop."""
+    values = read_python_file(path)
+    base = values.pop('base', None)
+    if base is None:
+        return [(path, values)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base={base!r}: expected a config file's path, like 'config/baseline.py'")
+    found = base if os.path.isfile(base) else os.path.join(REPO, base)
+    if not os.path.isfile(found):
+        raise ConfigError(f"{path}: base={base!r}: config file not found (looked in {os.getcwd()} and {REPO})")
+    seen = (*seen, os.path.realpath(path))
+    if os.path.realpath(found) in seen:
+        raise ConfigError(f"{path}: base={base!r}: the config files build on each other in a loop")
+    return config_chain(found, seen) + [(path, values)]
+
+
+def read_config_file(path):
+    """The settings of a config file, its bases' included."""
+    return {k: v for _, values in config_chain(path) for k, v in values.items()}
+
+
 def configure(namespace, argv):
     """Apply a config file and --key=value flags from argv to the annotated globals in namespace.
     Returns the config file's path (or None). Raises ConfigError with a one-line message."""
@@ -136,10 +165,11 @@ def configure(namespace, argv):
     if config_file is not None:  # the file first, so that flags win wherever they stand
         if not os.path.isfile(config_file):
             raise ConfigError(f"{config_file}: config file not found (expected a Python file such as config/baseline.py)")
-        for key, value in read_python_file(config_file).items():
-            if key not in annotations:
-                raise _unknown_key(key, known, config_file)
-            namespace[key] = _check_type(key, value, annotations[key], config_file)
+        for path, values in config_chain(config_file):
+            for key, value in values.items():
+                if key not in annotations:
+                    raise _unknown_key(key, known, path)
+                namespace[key] = _check_type(key, value, annotations[key], path)
     for arg in argv:
         if not arg.startswith('--'):
             continue

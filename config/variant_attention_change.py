@@ -1,7 +1,6 @@
 # The baseline with grouped-query attention: 8 query heads share 2 key/value heads.
 # Multi-query attention: --n_kv_head=1 (or model_name = 'mqa'); n_kv_head = n_head is plain multi-head.
 # python train.py config/variant_attention_change.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), 'baseline.py')).read())  # everything else as the baseline
+base = 'config/baseline.py'  # everything else as the baseline
 model_name = 'gqa'
 n_kv_head = 2

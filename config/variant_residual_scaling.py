@@ -2,6 +2,5 @@
 # (the init then no longer scales the output projections). For a learnable scalar per branch and
 # layer instead, use model_name = 'residual_scaling_learned'.
 # python train.py config/variant_residual_scaling.py
-import os
-exec(open(os.path.join(os.path.dirname(__file__), 'baseline.py')).read())  # everything else as the baseline
+base = 'config/baseline.py'  # everything else as the baseline
 model_name = 'residual_scaling'
