@@ -158,3 +158,225 @@ def _survivors_verdict(result, p_holm, what, min_effect):
     if p < ALPHA:
         return f'{WITHIN_NOISE} after Holm adjustment (unadjusted: {direction})'
     return WITHIN_NOISE
+
+
+# -----------------------------------------------------------------------------
+# scaling: final loss against training compute, L(C) = E + A * C**-alpha, and what a variant is worth in
+# compute (the baseline's compute needed to reach its loss). Intervals: percentile bootstrap over seeds.
+
+SCALING_BOOTSTRAP = 2000      # bootstrap replicates (vectorised: all refitted at once)
+EXTRAPOLATION_LIMIT = 4.0     # a fit read beyond 4x the largest run (or a quarter of the smallest) is flagged
+POOR_FIT_R2 = 0.9             # below this (on the seed means) a fit is called poor
+ALPHA_BOUNDS = (1e-3, 3.0)    # exponents outside these are no power law a ladder of small runs can support
+
+
+def power_law(fit, flops):
+    """L(C) = E + A * C**-alpha, computed as E + B * (C / c0)**-alpha (c0: the largest run) to stay in range."""
+    return fit['E'] + fit['B'] * (np.asarray(flops, dtype=float) / fit['c0']) ** -fit['alpha']
+
+
+def flops_for_loss(fit, loss):
+    """The compute at which the fitted curve reaches `loss`; inf where it never does (loss <= E)."""
+    if loss <= fit['E']:
+        return math.inf
+    return fit['c0'] * ((loss - fit['E']) / fit['B']) ** (-1.0 / fit['alpha'])
+
+
+def _linear_part(alphas, x, y):
+    """For a fixed exponent the law is linear in E and B. alphas (R, k), x (n,) = log(C / c0), y (R, n):
+    for each curve and alpha, the least-squares E (kept in [0, lowest loss)) and B (> 0), and the sum of
+    squared residuals; each (R, k)."""
+    z = np.exp(-alphas[..., None] * x)
+    y = y[:, None, :]
+    zc = z - z.mean(-1, keepdims=True)
+    b = (zc * (y - y.mean(-1, keepdims=True))).sum(-1) / (zc * zc).sum(-1)
+    e = y.mean(-1) - b * z.mean(-1)
+    e_high = y.min(-1) * (1 - 1e-9)
+    clipped = (e < 0) | (e > e_high)  # then E sits at its bound and B alone is fitted
+    e = np.clip(e, 0.0, e_high)
+    b = np.where(clipped, (z * (y - e[..., None])).sum(-1) / (z * z).sum(-1), b)
+    b = np.maximum(b, 1e-12)  # a loss that rises with compute is no power law: the fit ends at a bound
+    return e, b, ((e[..., None] + b[..., None] * z - y) ** 2).sum(-1)
+
+
+def fit_power_laws(flops, losses):
+    """Least-squares fits of L(C) = E + A * C**-alpha to many curves at once (losses: (R, n), one curve a
+    row, all at the same flops), with 0 <= E < the lowest loss and alpha in ALPHA_BOUNDS. For a given alpha,
+    E and A are linear least squares, so only alpha is searched: a grid in log alpha, refined around each
+    curve's best point until alpha is exact to ~1e-6 (vectorised, so a bootstrap refits in milliseconds).
+    dict of (R,) arrays: E, B, alpha, sse; c0 = the largest flops."""
+    c, y = np.asarray(flops, dtype=float), np.atleast_2d(np.asarray(losses, dtype=float))
+    if len(np.unique(c)) < 3:
+        raise ValueError(f"a scaling fit needs runs at 3 or more compute values; got {len(np.unique(c))}")
+    x = np.log(c / c.max())
+    lo, hi = np.log(ALPHA_BOUNDS)
+    grid = np.tile(np.linspace(lo, hi, 64), (len(y), 1))
+    rows = np.arange(len(y))
+    for _ in range(6):
+        e, b, sse = _linear_part(np.exp(grid), x, y)
+        k = sse.argmin(1)
+        step = grid[:, 1] - grid[:, 0]
+        best = grid[rows, k]
+        grid = np.clip(best[:, None] + step[:, None] * np.linspace(-1, 1, 17), lo, hi)
+    return dict(E=e[rows, k], B=b[rows, k], alpha=np.exp(best), sse=sse[rows, k], c0=float(c.max()))
+
+
+def fit_power_law(flops, losses):
+    """One curve: fit_power_laws' fit as floats, with A (= B / c0**-alpha), n, r2 and rmse on these points,
+    and at_bound: the parameters that ended at an edge of their range (no power law describes the points)."""
+    f = {k: (float(v[0]) if k != 'c0' else v) for k, v in fit_power_laws(flops, [losses]).items()}
+    y = np.asarray(losses, dtype=float)
+    spread = float(np.sum((y - y.mean()) ** 2))
+    bounds = (('E', f['E'], 0.0, float(y.min()) * (1 - 1e-9)), ('alpha', f['alpha'], *ALPHA_BOUNDS))
+    at_bound = [name for name, v, low, high in bounds if min(abs(v - low), abs(high - v)) <= 1e-5 * max(1.0, v)]
+    return dict(f, A=f['B'] * f['c0'] ** f['alpha'], n=len(y), r2=1 - f['sse'] / spread if spread > 0 else math.nan,
+                rmse=math.sqrt(f['sse'] / len(y)), at_bound=at_bound)
+
+
+def interval(values, confidence):
+    """Percentile interval of bootstrap values; inf (a loss the baseline never reaches) sorts last."""
+    tail = (1 - confidence) / 2
+    values = np.asarray(values, dtype=float)
+    return (float(np.quantile(values, tail, method='lower')), float(np.quantile(values, 1 - tail, method='higher')))
+
+
+def multiplier_verdict(low, high):
+    """Above 1: the baseline needs more compute than the variant for the same loss."""
+    if low > 1:
+        return 'better than the baseline beyond seed noise'
+    if high < 1:
+        return 'worse than the baseline beyond seed noise'
+    return 'within noise'
+
+
+def scaling_analysis(cells, baseline, confidence=CONFIDENCE, n_boot=SCALING_BOOTSTRAP, seed=0):
+    """Power-law fits of each variant's final loss against training compute, and the compute multiplier of
+    each variant against the baseline, with percentile-bootstrap intervals over seeds.
+
+    cells: {variant: {size: (flops, {seed: final loss})}}: a size is a model (and its token budget) on the
+    ladder; flops are its runs' training FLOPs. Each fit is to the seed means. A bootstrap replicate draws
+    each size's seeds with replacement, the same draw for every variant that ran those seeds (paired: the
+    same seed sees the same batches), and refits every curve.
+
+    Returns dict(fits={variant: fit with E_ci, alpha_ci, points, warnings}, multipliers=[a row per variant
+    and size both ran, smallest first], trends={variant: slope of the difference per 10x compute, with
+    its interval}, warnings=[...]). A multiplier is the compute the baseline's fit needs to reach the
+    variant's mean loss over the variant's own compute: 2.0 = the variant matches a baseline given twice
+    the compute; below 1, the variant is worse."""
+    if baseline not in cells:
+        raise ValueError(f"baseline {baseline!r} is not among the variants ({', '.join(cells)})")
+    rng = np.random.default_rng(seed)
+    sizes = {v: sorted(by_size, key=lambda s: by_size[s][0]) for v, by_size in cells.items()}
+    seeds = {v: {s: sorted(cells[v][s][1]) for s in sizes[v]} for v in cells}
+    draws = {s: rng.integers(0, len(ids), size=(n_boot, len(ids))) for s, ids in seeds[baseline].items()}
+    fits, boot, warnings = {}, {}, []
+    for v in cells:
+        if len(sizes[v]) < 3:
+            warnings.append(f"{v}: runs at {len(sizes[v])} size(s); a scaling fit needs 3 or more")
+            continue
+        flops = [cells[v][s][0] for s in sizes[v]]
+        losses = [np.array([cells[v][s][1][k] for k in seeds[v][s]]) for s in sizes[v]]
+        fit = fit_power_law(flops, [l.mean() for l in losses])
+        # a replicate's seed means: the baseline's draw where the seeds are the baseline's (paired)
+        means = np.stack([l[draws[s]].mean(1) if s in draws and seeds[v][s] == seeds[baseline][s]
+                          else l[rng.integers(0, len(l), size=(n_boot, len(l)))].mean(1)
+                          for s, l in zip(sizes[v], losses)], axis=1)
+        boot[v] = dict(fit_power_laws(flops, means), means=means)
+        fit.update(E_ci=interval(boot[v]['E'], confidence), alpha_ci=interval(boot[v]['alpha'], confidence),
+                   points=[(s, cells[v][s][0], float(l.mean()), l) for s, l in zip(sizes[v], losses)])
+        problems = []
+        if fit['n'] == 3:
+            problems.append('3 sizes for 3 parameters: the curve passes through them, nothing tests its form')
+        elif not fit['r2'] >= POOR_FIT_R2:
+            problems.append(f"poor fit (R^2 {fit['r2']:.2f} on the seed means)")
+        if fit['at_bound']:
+            problems.append(f"{' and '.join(fit['at_bound'])} at the edge of its range (E: 0 to the lowest loss; "
+                            f"alpha: {ALPHA_BOUNDS[0]:g} to {ALPHA_BOUNDS[1]:g}): the loss does not fall like a "
+                            f"power law of compute here")
+        fit['warnings'] = problems
+        warnings += [f'{v}: {p}' for p in problems]
+        fits[v] = fit
+    if baseline not in fits:
+        return dict(fits=fits, multipliers=[], trends={}, warnings=warnings)
+
+    base, base_boot = fits[baseline], boot[baseline]
+    base_flops = [p[1] for p in base['points']]
+    rows, trends = [], {}
+    for v in fits:
+        if v == baseline:
+            continue
+        shared = [i for i, s in enumerate(sizes[v]) if s in seeds[baseline]]
+        for i in shared:
+            size, flops, loss, _ = fits[v]['points'][i]
+            needed = flops_for_loss(base, loss)
+            with np.errstate(divide='ignore', invalid='ignore'):  # a loss at or below E: never reached (inf)
+                ratio = (boot[v]['means'][:, i] - base_boot['E']) / base_boot['B']
+                ms = np.where(ratio > 0, base['c0'] * np.abs(ratio) ** (-1 / base_boot['alpha']) / flops, np.inf)
+            low, high = interval(ms, confidence)
+            notes = []
+            if math.isinf(needed):
+                notes.append("the variant's loss is below the baseline fit's floor E: no baseline compute reaches it")
+            elif needed > EXTRAPOLATION_LIMIT * max(base_flops) or needed < min(base_flops) / EXTRAPOLATION_LIMIT:
+                notes.append(f"extrapolated: reads the baseline's fit at {needed / max(base_flops):.3g}x its largest "
+                             f"run (beyond {EXTRAPOLATION_LIMIT:g}x the compute range it was fitted on)")
+            rows.append(dict(variant=v, size=size, flops=flops, loss=loss,
+                             baseline_loss=base['points'][sizes[baseline].index(size)][2],
+                             multiplier=needed / flops, low=low, high=high, verdict=multiplier_verdict(low, high),
+                             largest=i == shared[-1], notes='; '.join(notes)))
+            warnings += [f'{v} at {size}: {n}' for n in notes]
+        if len(shared) >= 2:
+            c = np.array([fits[v]['points'][i][1] for i in shared])
+            x = np.log10(c)
+            diff = np.array([fits[v]['points'][i][2] for i in shared]) - power_law(base, c)
+            boot_base = base_boot['E'][:, None] + base_boot['B'][:, None] * (c / base['c0']) ** -base_boot['alpha'][:, None]
+            boot_diff = boot[v]['means'][:, shared] - boot_base
+            slopes = np.polyfit(x, boot_diff.T, 1)[0]
+            low, high = interval(slopes, confidence)
+            trends[v] = dict(slope=float(np.polyfit(x, diff, 1)[0]), low=low, high=high)
+    return dict(fits=fits, multipliers=rows, trends=trends, warnings=warnings)
+
+# -----------------------------------------------------------------------------
+# learning-rate sensitivity: where the final loss is lowest, and how fast it rises either side
+
+
+def best_lrs(lrs, losses):
+    """The lowest point of the parabola in log(lr) through the lowest mean and its two neighbours, for
+    each row of losses (R, len(lrs)); at the edge of the values tried, that edge (the optimum may lie beyond)."""
+    x, y = np.log(np.asarray(lrs, dtype=float)), np.atleast_2d(np.asarray(losses, dtype=float))
+    k = np.clip(y.argmin(1), 1, len(x) - 2) if len(x) >= 3 else np.zeros(len(y), dtype=int)
+    best = x[y.argmin(1)]
+    if len(x) >= 3:
+        rows = np.arange(len(y))
+        (x0, x1, x2), (y0, y1, y2) = (x[k - 1], x[k], x[k + 1]), (y[rows, k - 1], y[rows, k], y[rows, k + 1])
+        num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+        den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+        inside = (y.argmin(1) > 0) & (y.argmin(1) < len(x) - 1) & (den != 0)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            best = np.where(inside, x1 - 0.5 * num / den, best)
+    return np.exp(best)
+
+
+def lr_sensitivity(cells, confidence=CONFIDENCE, n_boot=SCALING_BOOTSTRAP, seed=0):
+    """cells: {lr: {seed: final loss}} of one variant at one size. dict(lrs, means, best_lr with its
+    bootstrap interval over seeds (low, high), at_edge, best_loss (the lowest mean), up_2x and down_half:
+    the loss at 2x and 0.5x the best lr (linear in log lr between the means) minus the lowest mean, None
+    where that lr lies outside the values tried)."""
+    lrs = sorted(cells)
+    if len(lrs) < 2:
+        raise ValueError(f"learning-rate sensitivity needs 2 or more learning rates; got {len(lrs)}")
+    values = [np.array(list(cells[lr].values()), dtype=float) for lr in lrs]
+    means = np.array([v.mean() for v in values])
+    best = float(best_lrs(lrs, means)[0])
+    rng = np.random.default_rng(seed)
+    drawn = np.stack([v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1) for v in values], axis=1)
+    low, high = interval(best_lrs(lrs, drawn), confidence)
+    x = np.log(lrs)
+
+    def rise(factor):
+        at = math.log(best * factor)
+        if at < x[0] - 1e-9 or at > x[-1] + 1e-9:
+            return None
+        return float(np.interp(at, x, means) - means.min())
+    return dict(lrs=lrs, means=means.tolist(), best_lr=best, low=low, high=high,
+                at_edge=int(means.argmin()) in (0, len(lrs) - 1), best_loss=float(means.min()),
+                up_2x=rise(2.0), down_half=rise(0.5))
