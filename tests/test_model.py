@@ -46,8 +46,8 @@ def test_causal_future_tokens_never_change_earlier_logits(name):
 
 
 def test_unknown_variant_lists_known_names():
-    with pytest.raises(ValueError, match="unknown model_name 'nope'.*baseline.*gqa.*gpt2"):
-        make_config('nope')
+    with pytest.raises(ValueError, match="unknown model_name 'nopee'.*baseline.*gqa.*gpt2"):
+        make_config('nopee')
 
 
 def test_bad_head_counts_are_clear_errors():
@@ -92,7 +92,7 @@ def test_gqa_with_as_many_kv_heads_as_heads_is_plain_multi_head():
         torch.testing.assert_close(a(idx, idx)[0], b(idx, idx)[0])
 
 
-@pytest.mark.parametrize('name', ['baseline', 'gqa', 'mqa', 'gpt2'])
+@pytest.mark.parametrize('name', list(MODEL_REGISTRY))
 def test_flash_and_math_attention_paths_agree(name):
     fast, plain = tiny(name, attn_impl='sdpa'), tiny(name, attn_impl='math')
     plain.load_state_dict(fast.state_dict())
@@ -102,11 +102,12 @@ def test_flash_and_math_attention_paths_agree(name):
 
 
 def naive_greedy(model, prompt, max_new_tokens, eot):
-    """The slow reference: re-run the whole context for every new token, one prompt at a time."""
+    """The slow reference: re-run the whole context (its last block_size tokens, as nanoGPT crops) for
+    every new token, one prompt at a time."""
     ctx, out = list(prompt), []
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            logits, _ = model(torch.tensor([ctx]))
+            logits, _ = model(torch.tensor([ctx[-model.config.block_size:]]))
             t = int(logits[0, -1, :model.config.vocab_size].argmax())
             if t == eot:
                 break
@@ -115,15 +116,15 @@ def naive_greedy(model, prompt, max_new_tokens, eot):
     return out
 
 
-@pytest.mark.parametrize('name', ['baseline', 'gqa', 'gpt2', 'residual_scaling_learned'])
-@pytest.mark.parametrize('impl', ['sdpa', 'math'])
+# every variant on the default kernel; both kernels on the masked (GQA) path: flash vs math per variant is above
+@pytest.mark.parametrize('name, impl', [(name, 'sdpa') for name in MODEL_REGISTRY] + [('gqa', 'math')])
 def test_kv_cache_generation_equals_full_recompute_batched_and_ragged(name, impl):
     model = tiny(name, seed=1, attn_impl=impl)
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (1, 7, 3, 12)]
-    expected = [naive_greedy(model, p, 12, eot=-1) for p in prompts]
-    assert model.generate(prompts, 12, eot_token=-1) == expected
-    assert [model.generate([p], 12, eot_token=-1)[0] for p in prompts] == expected
+    prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (1, 7, 12)]
+    expected = [naive_greedy(model, p, 8, eot=-1) for p in prompts]
+    assert model.generate(prompts, 8, eot_token=-1) == expected
+    assert [model.generate([p], 8, eot_token=-1)[0] for p in prompts] == expected
 
 
 def test_generation_stops_at_end_of_text_per_row():
@@ -136,13 +137,22 @@ def test_generation_stops_at_end_of_text_per_row():
     assert out[1] == naive_greedy(model, prompts[1], 10, eot=eot)
 
 
-def test_generation_keeps_the_last_tokens_of_long_prompts_and_validates():
+@pytest.mark.parametrize('name', list(MODEL_REGISTRY))
+def test_generation_continues_past_the_context_by_cropping(name):
+    """3 x block_size new tokens, prompts longer and shorter than the context in one batch: each row
+    equals nanoGPT's crop-to-the-last-block_size-tokens-and-recompute, token for token."""
+    model = tiny(name, seed=4, block_size=8)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (11, 3)]
+    out = model.generate(prompts, 24, eot_token=-1)
+    assert [len(o) for o in out] == [24, 24]
+    assert out == [naive_greedy(model, p, 24, eot=-1) for p in prompts]
+
+
+def test_generation_validates_its_arguments():
     model = tiny()
-    long_prompt = torch.randint(0, VOCAB, (40,)).tolist()  # > block_size 32
-    out = model.generate([long_prompt], 4, eot_token=-1)
-    assert out[0] == naive_greedy(model, long_prompt[-28:], 4, eot=-1)
-    with pytest.raises(ValueError, match='max_new_tokens=32'):
-        model.generate([[1]], 32)
+    with pytest.raises(ValueError, match='max_new_tokens=0: expected at least 1'):
+        model.generate([[1]], 0)
     with pytest.raises(ValueError, match='at least one token'):
         model.generate([[1], []], 3)
 
@@ -208,7 +218,7 @@ def test_param_counts_flops_and_mfu():
     assert gpt2.flops_per_token(32) == 6 * (gpt2.num_params() - 32 * 32) + 12 * 2 * 32 * 32
 
 
-@pytest.mark.parametrize('name', ['baseline', 'gpt2', 'residual_scaling_learned'])
+@pytest.mark.parametrize('name', list(MODEL_REGISTRY))
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path, name):
     model = tiny(name)
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
