@@ -33,24 +33,22 @@ from model import pick_device
 REPORT_PROMPTS = ['Once upon a time', 'One day, a little girl named Lily', 'Tom and his dog went to the park']
 
 
-def check_settings(max_new_tokens, temperature, top_k, block_size=None):
-    """The sampling settings as one-line ValueErrors, before (and, for block_size, after) loading."""
+def check_settings(max_new_tokens, temperature, top_k):
+    """The sampling settings as one-line ValueErrors, before loading. Any length works: past the model's
+    context, model.generate keeps the last block_size tokens, as nanoGPT does."""
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"--temperature={temperature}: expected 0 (greedy) or a positive number")
     if top_k is not None and top_k < 1:
         raise ValueError(f"--top_k={top_k}: expected at least 1 (or leave it out to sample from every token)")
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens={max_new_tokens}: expected at least 1")
-    if block_size is not None and max_new_tokens >= block_size:
-        raise ValueError(f"--max_new_tokens={max_new_tokens}: this model's context is "
-                         f"block_size={block_size} tokens; expected at most {block_size - 1}")
 
 
 def sample(model, tokenizer, prompts, num_samples=1, max_new_tokens=120, temperature=0.8, top_k=200, seed=1,
            batch_size=64):
     """Continuations (text, prompt not included) of each prompt, num_samples each, prompt-major:
     [p0 s0, p0 s1, ..., p1 s0, ...]. A prompt '' starts from <|endoftext|>. Same seed, same text."""
-    check_settings(max_new_tokens, temperature, top_k, model.config.block_size)
+    check_settings(max_new_tokens, temperature, top_k)
     eot = tokenizer.eot_token
     encoded = [tokenizer.encode(p) if p else [eot] for p in prompts]
     # greedy decoding gives every sample of a prompt the same text: generate each prompt once
@@ -154,16 +152,14 @@ def main(argv=None):
         device = pick_device(args.device)
         run_dir = find_run(args.runs_dir, args.run_name)
         model, ckpt, tokenizer, label = runs.load_run_model(run_dir, args.checkpoint_step, device)
-        check_settings(args.max_new_tokens, args.temperature, args.top_k, model.config.block_size)
     except ValueError as e:  # RunError, CheckpointError, DataError: one line each
         fail(e)
 
-    keep = model.config.block_size - args.max_new_tokens
     for i, p in enumerate(prompts):
         n = len(tokenizer.encode(p))
-        if n > keep:
-            print(f"note: prompt {i + 1} is {n} tokens; only its last {keep} are used (block_size "
-                  f"{model.config.block_size} - max_new_tokens {args.max_new_tokens})", file=sys.stderr)
+        if n > model.config.block_size:
+            print(f"note: prompt {i + 1} is {n} tokens; the model sees only the last {model.config.block_size} "
+                  f"(block_size)", file=sys.stderr)
     decoding = 'greedy' if args.temperature == 0 else \
         f'temperature {args.temperature}, top_k {args.top_k}, seed {args.seed}'
     where = f"step {label}"
