@@ -1,6 +1,7 @@
 """
 Run folders: the one owner of what train.py leaves in out/<run_name>/. It declares the metrics,
-writes them (RunWriter), writes every file atomically, reads runs back for compare.py,
+writes them (RunWriter), writes every file atomically, locks a folder to one process (RunLock),
+saves and loads checkpoints (save_checkpoint, load_checkpoint), reads runs back for compare.py,
 eval_harness.py, sample.py and sweep.py, groups them into seed groups and loads a run's model with
 its own tokenizer. Nothing else parses a run folder.
 
@@ -9,10 +10,11 @@ A run folder holds:
     metrics.csv        one row per logged step, the columns of METRICS; val_* only on eval steps
     layer_norms.csv    iter, layer, grad_norm, weight_norm: the embeddings, each block, the final norm
     summary.json       status, final/best val loss, totals, host/pid/heartbeat while it runs
-    tokenizer.json     the run's tokenizer file, when it is not GPT-2's (prepare.load_tokenizer)
+    tokenizer.json     the run's tokenizer file, when it is not GPT-2's (tokenizer.load_tokenizer)
     tb/                TensorBoard event files with the same scalars
     plots/             loss.png, lr.png, norms.png, layer_norms.png
-    checkpoints/       ckpt_<iter>.pt (model.py's format) and ckpt_best.pt (lowest val loss)
+    checkpoints/       ckpt_<iter>.pt and ckpt_best.pt (lowest val loss), save_checkpoint's format
+    train.lock         RunLock: held by the one train.py writing the folder; names it
 """
 import csv
 import fnmatch
@@ -22,6 +24,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import time
 from collections import namedtuple
 from datetime import datetime, timezone
@@ -49,6 +52,7 @@ METRICS = [
     Metric('tokens_per_s', 'speed/tokens_per_s', ',.0f', 'tokens_per_s', 'tokens/s (training)'),
     Metric('ms_per_iter', 'speed/ms_per_iter', ',.0f', 'ms_per_iter', 'ms per iteration (training)'),
     Metric('mfu', 'speed/mfu', '.1%', 'mfu', 'model FLOPs utilisation (fraction of peak)'),
+    Metric('aux_loss', 'loss/moe_aux', '.4f', 'aux_loss', 'MoE load-balancing loss (1 = balanced), last step'),
 ]
 METRIC = {m.column: m for m in METRICS}
 METRIC_COLUMNS = [m.column for m in METRICS]
@@ -58,6 +62,11 @@ STATUSES = ('running', 'completed', 'interrupted', 'diverged', 'failed', 'stale'
 CHECKPOINT_RE = re.compile(r'^ckpt_(\d+)\.pt$')
 BEST_CHECKPOINT = 'ckpt_best.pt'
 STALE_HEARTBEAT_S = 1800  # a run on another host whose heartbeat is older than this is stale
+LOCK_FILE = 'train.lock'  # RunLock: one process per run folder
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once: files are created with the permissions open() gives them
+# glibc's default malloc maps and unmaps the large logits tensors at every step: CPU steps ~2x slower
+CPU_MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '4000000000', 'MALLOC_TRIM_THRESHOLD_': '8000000000'}
 
 
 class RunError(ValueError):
@@ -79,17 +88,19 @@ def format_value(column, value):
 
 def atomic_write(path, write):
     """Call write(f) on a temporary file, fsync, rename over path. A reader sees the old file or the
-    new one; a failure (disk full, kill) leaves no temporary file behind and the old file whole."""
+    new one; a failure (disk full, kill) leaves no temporary file behind and the old file whole. The
+    temporary name is unique (<name>.<random>.tmp): two writers never share one."""
     path = Path(path)
-    tmp = path.with_name(path.name + '.tmp')
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp')
     try:
-        with open(tmp, 'wb') as f:
+        os.fchmod(fd, 0o666 & ~UMASK)  # as open() would create it, not mkstemp's 0600
+        with open(fd, 'wb') as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
     if os.name == 'posix':  # make the rename durable; Windows cannot open a folder
         fd = os.open(path.parent, os.O_RDONLY)
@@ -143,6 +154,110 @@ def process_start_time(pid):
             return f.read().rsplit(')', 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+class RunLock:
+    """One process per run folder: an exclusive flock on run_dir/train.lock, taken before train.py
+    writes anything there and released by the kernel when the process dies (kill -9 included). The
+    file stays in the folder, so --overwrite=True deletes everything else under the lock; its text
+    names the holder from the moment it is taken. Until claim() says the run started writing,
+    release() undoes acquire(): it removes the lock file and folder it created, or puts back the text
+    it replaced. A refused start leaves nothing behind."""
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self.fd = None
+        self.made = []  # the lock file and the folder, where acquire() created them
+        self.previous = b''  # the lock file's text before acquire() wrote its own
+        self.claimed = False
+
+    def acquire(self, tries=20):
+        """Take the lock, creating the folder if needed; raises RunError naming the host and pid that
+        hold it, OSError where the folder cannot be written. Retries briefly: a reader's probe
+        (lock_holder) or a refused start holds it for milliseconds only."""
+        import fcntl
+        for attempt in range(tries):
+            made = []
+            try:
+                self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+                self.run_dir.mkdir()
+                made.append(self.run_dir)
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+                made.insert(0, self.path)
+            except FileExistsError:
+                try:
+                    fd = os.open(self.path, os.O_RDWR)
+                except FileNotFoundError:  # removed by a refused start in between: again
+                    continue
+            except FileNotFoundError:  # the folder was removed in between: again
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                time.sleep(0.05)
+                continue
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # locked a file another process removed: the lock is the file at the path
+                os.close(fd)
+                continue
+            self.fd, self.made = fd, made
+            self.previous = os.pread(fd, 4096, 0)
+            self._write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                        f"{datetime.now().isoformat(timespec='seconds')}\n".encode())
+            return self
+        raise RunError(f"{self.run_dir}: in use by {lock_holder(self.run_dir) or 'another process'}: one "
+                       f"process per run folder; wait for it to end or stop it first")
+
+    def _write(self, text):
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, text, 0)
+
+    def claim(self):
+        """The run starts writing: from now on the lock file stays, naming this process."""
+        self.claimed = True
+
+    def release(self):
+        if self.fd is None:
+            return
+        if not self.claimed and self.path not in self.made:
+            self._write(self.previous)
+        if not self.claimed:  # still locked: nobody else can be using what is removed here
+            for made in self.made:
+                try:
+                    if made == self.path:
+                        made.unlink()
+                    else:
+                        made.rmdir()
+                except OSError:  # a folder something else was written to meanwhile stays
+                    pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def lock_holder(run_dir):
+    """Who holds a run folder's lock ('pid 123 on host since ...'), or None when nobody does. A train.py
+    that is alive holds it, on this host or (over NFS) another: evidence for 'running'."""
+    import fcntl
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode('utf-8', 'replace').strip() or 'a process that is starting'
+    finally:
+        os.close(fd)
 
 
 class RunWriter:
@@ -239,6 +354,73 @@ def format_duration(seconds):
     if seconds >= 60:
         return f'{seconds // 60}m{seconds % 60:02d}s'
     return f'{seconds}s'
+
+# -----------------------------------------------------------------------------
+# the checkpoint format: one save, one load, used by every script (torch and model.py are imported
+# only here, so that compare.py reads run folders without them)
+
+CHECKPOINT_FORMAT = 'tinystories-lab/1'
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def unwrap(model):
+    """The plain GPT inside DDP and/or torch.compile wrappers."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_orig_mod', model)
+
+
+def save_checkpoint(path, model, optimizer=None, **state):
+    """Save weights, the model config, the optimizer and any training state (plain values and tensors),
+    atomically: a kill or a full disk leaves the old file or the new one."""
+    import torch
+    from dataclasses import asdict
+    raw = unwrap(model)
+    ckpt = dict(format=CHECKPOINT_FORMAT, model_args=asdict(raw.config), model=raw.state_dict(),
+                optimizer=optimizer.state_dict() if optimizer is not None else None, **state)
+    atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(path, device='cpu'):
+    """Rebuild the model a checkpoint describes and load its weights. Returns (model, checkpoint dict).
+    Refuses, with CheckpointError naming the file, anything truncated, foreign or mismatched."""
+    import torch
+    from model import GPT, GPTConfig
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)  # moved to the device after
+    except Exception as e:  # truncated zip, pickle garbage, ...
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail}") from None
+    if not isinstance(ckpt, dict) or 'model_args' not in ckpt or 'model' not in ckpt:
+        raise CheckpointError(f"{path}: not a tinystories-lab checkpoint (expected keys model_args and model)")
+    try:
+        model = GPT(GPTConfig(**ckpt['model_args']))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its model_args do not describe a model this model.py can build: {e}") from None
+    state = {}
+    for k, v in ckpt['model'].items():  # names saved from compiled or DDP-wrapped models
+        for prefix in ('module.', '_orig_mod.'):
+            k = k[len(prefix):] if k.startswith(prefix) else k
+        state[k] = v
+    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match its model_args (missing {sorted(missing)[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]})")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match its model_args: {str(e).splitlines()[-1].strip()}") from None
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:  # the file is fine: the device is not
+        raise CheckpointError(f"{path}: cannot move the model to device {device!r} "
+                              f"({str(e).strip().splitlines()[0]}); try --device=cpu") from None
+    return model, ckpt
 
 # -----------------------------------------------------------------------------
 # reading
@@ -431,25 +613,28 @@ def run_status(summary):
 def read_run(run_dir):
     """Everything compare/eval/sweep need from one run folder. A missing summary.json means the run
     never wrote one (killed before its first write): status 'unknown'."""
+    from tokenizer import canonical_config
     run_dir = Path(run_dir)
-    config = read_json(run_dir / 'config.json')
+    config = canonical_config(read_json(run_dir / 'config.json'))  # older folders: the tokenizer in today's shape
     metrics = read_metrics(run_dir)
     summary = read_json(run_dir / 'summary.json') if (run_dir / 'summary.json').is_file() else {}
+    status = run_status(summary)
+    if status in ('stale', 'unknown') and lock_holder(run_dir):  # a live train.py holds the folder
+        status = 'running'
     return dict(name=run_dir.name, dir=run_dir, config=config, metrics=metrics, summary=summary,
-                status=run_status(summary), checkpoints=list_checkpoints(run_dir))
+                status=status, checkpoints=list_checkpoints(run_dir))
 
 
 def load_run_model(run_dir, step=None, device='cpu'):
     """The one way a script gets a trained model: (model, checkpoint dict, tokenizer, step label) for
     run_dir's checkpoint `step` (None newest, int, 'best'), with the tokenizer the run was trained on
-    (prepare.load_tokenizer checks its hash). Raises RunError / model.CheckpointError /
-    prepare.DataError with one line."""
-    from model import load_checkpoint
-    from prepare import GPT2_TOKENIZER_INFO, load_tokenizer
+    (tokenizer.load_tokenizer checks its hash). Raises RunError / CheckpointError / tokenizer.DataError
+    with one line."""
+    from tokenizer import GPT2_INFO, load_tokenizer
     run_dir = Path(run_dir)
     label, path = resolve_checkpoint(run_dir, step)
     model, ckpt = load_checkpoint(path, device)
-    info = ckpt.get('tokenizer') or GPT2_TOKENIZER_INFO  # checkpoints before tokenizers were recorded
+    info = ckpt.get('tokenizer') or GPT2_INFO  # checkpoints before tokenizers were recorded
     tokenizer = load_tokenizer(info, run_dir)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise RunError(f"{path}: vocab_size={model.config.vocab_size} is smaller than its tokenizer's "
@@ -470,6 +655,9 @@ SEED_GROUP_IGNORED_KEYS = {
     'init_from': "'resume' continues the same training", 'resumed_at': 'iterations it was resumed at',
     # where the data was read from; data.sha256 of the bins (compared) says which tokens were trained on
     'data_dir': 'path', 'data.data_dir': 'path', 'data.source': 'path', 'data.source_files': 'paths and mtimes',
+    # file names in the data and run folders (content-named since 2026-12): their sha256 is compared
+    'data.train.file': 'file name', 'data.val.file': 'file name', 'data.tokenizer_file': 'file name',
+    'data.tokenizer_info.file': 'file name', 'tokenizer_info.file': 'file name',
     # logging, eval cadence and checkpoints: what is recorded, not what is learned. (eval_windows, which
     # fixes the val set, is compared; the last iteration is always evaluated, whatever eval_interval)
     'log_interval': 'logging cadence', 'eval_interval': 'when val loss is measured',
@@ -477,6 +665,7 @@ SEED_GROUP_IGNORED_KEYS = {
     'keep_checkpoints': 'checkpoints', 'peak_flops': 'only the MFU denominator',
     # the same arithmetic on another code path or machine: floating-point noise at most
     'compile': 'torch.compile', 'attn_impl': 'sdpa and math compute the same attention',
+    'num_threads': 'CPU threads', 'torch_threads': 'CPU threads',
     'model_args.attn_impl': 'the same', 'deterministic': 'reproducibility flag', 'device': 'machine',
     'device_name': 'machine', 'world_size': 'GPU count (tokens_per_iter, which is compared, fixes the batch)',
     'torch_version': 'library version', 'git_commit': 'code version',
@@ -588,7 +777,7 @@ def plot_run(run_dir):
             ok = np.isfinite(m[metric.column])
             ax.plot(m['iter'][ok], m[metric.column][ok], label=metric.column, marker='o' if ok.sum() < 20 else None,
                     ms=3)
-        ax.set(xlabel='iteration', ylabel=metrics[0].label, title=metrics[0].label.split(' (')[0])
+        ax.set(xlabel='iteration', ylabel=metrics[0].label, title=' and '.join(m.column for m in metrics))
         if panel == 'grad_norm' and np.nanmin(m['grad_norm']) > 0:
             ax.set_yscale('log')
         if len(metrics) > 1:
@@ -611,10 +800,14 @@ def plot_run(run_dir):
             row = {name: i for i, name in enumerate(layers)}
             for it, name, v in zip(norms['iter'], norms['layer'], norms[key]):
                 grid[row[name], col[it]] = v
-            im = ax.imshow(np.log10(np.maximum(grid, 1e-12)), aspect='auto', interpolation='nearest', cmap='viridis')
+            # cells from midpoint to midpoint in iterations: the x axis is iterations, evenly ticked
+            x = np.asarray(iters, dtype=float)
+            half = np.diff(x) / 2 if len(x) > 1 else np.array([0.5])
+            edges = np.concatenate([[x[0] - half[0]], x[:-1] + half, [x[-1] + half[-1]]])
+            im = ax.pcolormesh(edges, np.arange(len(layers) + 1) - 0.5, np.log10(np.maximum(grid, 1e-12)),
+                               cmap='viridis')
             ax.set_yticks(range(len(layers)), layers)
-            ticks = np.linspace(0, len(iters) - 1, min(6, len(iters))).astype(int)
-            ax.set_xticks(ticks, [f'{int(iters[t])}' for t in ticks])
+            ax.invert_yaxis()  # the embedding on top, as in the model
             ax.set(xlabel='iteration', ylabel='layer', title=f'{key.replace("_", " ")} per layer')
             fig.colorbar(im, ax=ax, label=f'log10 {key.replace("_", " ")}')
         save(fig, 'layer_norms')

@@ -9,7 +9,7 @@ Asserts that both give identical greedy completions and identical choices, then 
     python bench/bench_eval.py --checkpoint out/smoke/checkpoints/ckpt_000050.pt
 
 Without --checkpoint a GPT of the config's shape is built with random weights, saved with
-model.save_checkpoint to a temporary folder and loaded back with model.load_checkpoint.
+runs.save_checkpoint to a temporary folder and loaded back with runs.load_checkpoint.
 """
 import argparse
 import os
@@ -22,8 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import eval_harness as eh  # noqa: E402
-from model import GPT, load_checkpoint, make_config, pick_device, save_checkpoint  # noqa: E402
-from prepare import load_tokenizer  # noqa: E402
+from model import GPT, make_config, pick_device  # noqa: E402
+from runs import load_checkpoint, save_checkpoint  # noqa: E402
+from tokenizer import load_tokenizer  # noqa: E402
 
 
 def model_from_config(path, seed, device):

@@ -76,22 +76,21 @@ def bpe_data(tmp_path_factory):
 
 def run_train(*args, cwd=REPO):
     """train.py with these arguments, in this process (no interpreter start, torch already imported):
-    returns a CompletedProcess-like result with returncode, stdout and stderr. For what a subprocess
-    is needed for (signals, kill, torchrun) use run_script."""
+    returns a CompletedProcess-like result with returncode, stdout and stderr. train.py takes its
+    arguments as cli_args and installs signal handlers only as __main__: nothing process-wide is swapped
+    but the output. For what a subprocess is needed for (signals, kill, torchrun) use run_script."""
     import contextlib
     import io
     import runpy
-    import signal
     out, err = io.StringIO(), io.StringIO()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    hook, argv, old_cwd = sys.excepthook, sys.argv, os.getcwd()
     code = 0
+    old_cwd = os.getcwd()
     try:
-        os.chdir(cwd)
-        sys.argv = [str(REPO / "train.py"), *map(str, args)]
+        os.chdir(cwd)  # config paths such as config/smoke.py are relative to the repository
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+                runpy.run_path(str(REPO / "train.py"), init_globals=dict(cli_args=[str(a) for a in args]),
+                               run_name="train")
             except SystemExit as e:
                 if isinstance(e.code, str):
                     print(e.code, file=sys.stderr)
@@ -100,9 +99,6 @@ def run_train(*args, cwd=REPO):
                     code = e.code or 0
     finally:
         os.chdir(old_cwd)
-        sys.argv, sys.excepthook = argv, hook
-        for s, h in handlers.items():
-            signal.signal(s, h)
     return subprocess.CompletedProcess(["train.py", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 

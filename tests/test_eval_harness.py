@@ -19,8 +19,9 @@ import torch
 import eval_harness as eh
 import runs
 from conftest import REPO, run_script
-from model import GPT, load_checkpoint, make_config, save_checkpoint
-from prepare import load_tokenizer
+from model import GPT, make_config
+from runs import load_checkpoint, save_checkpoint
+from tokenizer import load_tokenizer
 
 OUTPUTS = ['eval_results.csv', 'summary_table.csv', 'summary_table.md', 'groups.csv', 'category_breakdown.csv',
            'difficulty_breakdown.csv', 'settings.json']

@@ -1,5 +1,6 @@
 """runs.py: the metrics list drives every output, readers accept old, new and half-written files,
-atomic writes leave nothing half-done, a run whose process is gone is stale, checkpoints resolve."""
+atomic writes leave nothing half-done and never share a temporary, one process holds a run folder,
+a run whose process is gone is stale, checkpoints resolve."""
 import json
 import math
 import os
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import runs
+from conftest import REPO
 
 
 def test_a_metric_added_to_the_list_reaches_csv_tensorboard_console_and_plots(tmp_path, monkeypatch, capsys):
@@ -93,6 +95,57 @@ def test_atomic_write_leaves_the_old_file_and_no_tmp_when_the_write_fails(tmp_pa
     with pytest.raises(OSError):
         runs.atomic_write(path, half_then_fail)
     assert json.loads(path.read_text()) == dict(a=1) and list(tmp_path.iterdir()) == [path]
+
+
+def test_two_writers_of_one_file_never_share_a_temporary(tmp_path):
+    """Issue 17 case 9b: with one fixed `<file>.tmp`, a second writer's rename took the first one's
+    temporary away (`summary.json.tmp: No such file`). Each write has its own; permissions as open()'s."""
+    path = tmp_path / 'summary.json'
+
+    def first(f):
+        f.write(b'{"writer": "A"}')
+        runs.atomic_write_json(path, dict(writer='B'))  # B writes while A's temporary is open
+    runs.atomic_write(path, first)
+    assert json.loads(path.read_text()) == dict(writer='A') and list(tmp_path.iterdir()) == [path]
+    assert path.stat().st_mode & 0o777 == 0o666 & ~runs.UMASK
+
+
+HOLD_LOCK = ("import runs, sys, time; lock = runs.RunLock(sys.argv[1]).acquire(); lock.claim(); "
+             "print('locked', flush=True); time.sleep(120)")
+
+
+def test_one_process_per_run_folder_and_a_held_lock_reads_as_running(tmp_path):
+    run = tmp_path / 'r'
+    holder = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        with pytest.raises(runs.RunError, match=f"r: in use by pid {holder.pid} on {socket.gethostname()} since"):
+            runs.RunLock(run).acquire(tries=2)
+        assert runs.lock_holder(run).startswith(f'pid {holder.pid} on ')
+        (run / 'config.json').write_text('{}')
+        (run / 'metrics.csv').write_text('iter,tokens_seen,val_loss\n')
+        (run / 'summary.json').write_text(json.dumps(summary(pid=dead_pid(), pid_started=None)))
+        assert runs.read_run(run)['status'] == 'running'  # its summary names a dead pid: the lock says otherwise
+    finally:
+        holder.kill()
+        holder.wait()
+    assert runs.lock_holder(run) is None and runs.read_run(run)['status'] == 'stale'  # released by the kernel
+    text = (run / runs.LOCK_FILE).read_text()
+    lock = runs.RunLock(run).acquire(tries=1)
+    assert (run / runs.LOCK_FILE).read_text().startswith(f'pid {os.getpid()} on ')  # named while it is held
+    lock.release()
+    assert (run / runs.LOCK_FILE).read_text() == text  # never claimed: the file it found is as it was
+    new = tmp_path / 'new' / 'run'
+    lock = runs.RunLock(new).acquire()
+    assert (new / runs.LOCK_FILE).is_file()
+    lock.release()  # never claimed: what acquire() made is removed (the missing parent folder was made)
+    assert not new.exists() and (tmp_path / 'new').is_dir()
+
+
+def dead_pid():
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    return dead.pid
 
 
 def summary(**kw):

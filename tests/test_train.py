@@ -5,22 +5,28 @@ import csv
 import json
 import math
 import os
+import re
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import CPU_MALLOC_ENV, REPO, run_script, run_train, train_run
-from model import load_checkpoint
+from prepare import load_bin, read_meta, variant_dir
+from tokenizer import load_tokenizer
+from runs import load_checkpoint
 import runs
 
 # a very small model: these tests check the loop, not what it learns
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=64', '--batch_size=4', '--eval_windows=8',
-        '--log_interval=5', '--eval_interval=10', '--warmup_iters=2', '--lr_decay_iters=40']
+        '--log_interval=5', '--eval_interval=10', '--warmup_iters=2', '--lr_decay_iters=40', '--num_threads=1']
 EXACT = ['iter', 'tokens_seen', 'lr', 'train_loss', 'val_loss', 'grad_norm', 'weight_norm']  # not timings
 
 
@@ -73,7 +79,8 @@ def test_smoke_run_learns_and_leaves_a_complete_run_folder(smoke_runs):
     assert list(runs.list_checkpoints(run_dir)) == [15, 30]
     best, best_ckpt = load_checkpoint(runs.best_checkpoint_path(run_dir))
     assert best_ckpt['iter_num'] == summary['best_val_iter'] and best_ckpt['val_loss'] == pytest.approx(min(val.values()))
-    assert best_ckpt['tokenizer']['name'] == 'gpt2' and config['tokenizer']['vocab_size'] == 50257
+    assert best_ckpt['tokenizer']['name'] == config['tokenizer'] == 'gpt2'  # config.json: the canonical name
+    assert config['tokenizer_info']['vocab_size'] == 50257
     model, ckpt = load_checkpoint(runs.list_checkpoints(run_dir)[30])
     assert ckpt['iter_num'] == 30 and model.config.model_name == 'baseline'
 
@@ -103,26 +110,56 @@ def test_same_seed_same_batches_different_variant_same_init_loss(smoke_runs):
 # bits per byte
 
 
-def test_val_bpb_equals_a_direct_computation(small_data, tmp_path):
-    """val_bpb = summed nats of the text tokens / ln 2 / their summed UTF-8 bytes, on the fixed windows."""
-    import numpy as np
-    from prepare import load_bin, load_tokenizer, read_meta
-    run = train_run(small_data, tmp_path, 'bpb', *TINY, '--max_iters=5', '--eval_windows=3')
-    last = rows(run / 'metrics.csv')[-1]
-    model, _ = load_checkpoint(runs.list_checkpoints(run)[5])
-    val = load_bin(small_data, 'small', 'val')
-    lengths = load_tokenizer(read_meta(small_data, 'small').get('tokenizer_info')).token_byte_lengths()
-    nats = nbytes = all_nats = 0.0
-    for start in np.linspace(0, len(val) - 64 - 1, 3).astype(np.int64):
-        window = torch.from_numpy(val[start:start + 65].astype(np.int64))
+def window_loss(model, data_dir, n_windows, block_size=64, tokenizer='gpt2'):
+    """Mean loss of `model` on the n evenly spaced validation windows (train.py's val_loss), computed here."""
+    val = load_bin(data_dir, 'small', 'val', tokenizer=tokenizer)
+    losses = []
+    for start in np.linspace(0, len(val) - block_size - 1, n_windows).astype(np.int64):
+        window = torch.from_numpy(val[start:start + block_size + 1].astype(np.int64))
         with torch.no_grad():
-            _, loss = model(window[None, :-1], window[None, 1:], reduction='none')
-        target_bytes = torch.from_numpy(lengths[window[1:].numpy()])
-        nats += float((loss[0] * (target_bytes > 0)).sum())
-        nbytes += float(target_bytes.sum())
-        all_nats += float(loss.sum())
-    assert float(last['val_bpb']) == pytest.approx(nats / math.log(2) / nbytes, rel=1e-5)
-    assert float(last['val_loss']) == pytest.approx(all_nats / (3 * 64), rel=1e-5)
+            losses.append(model(window[None, :-1], window[None, 1:], reduction='none')[1])
+    return float(torch.cat(losses).mean())
+
+
+def story_bpb(model, data_dir, tokenizer, n_stories, block_size=64):
+    """(val bits per byte on the first n validation stories, their texts), computed here: each story
+    after an end-of-text, predicted in chunks of at most block_size tokens; the nats of the tokens
+    that stand for text, over ln 2 and the stories' UTF-8 bytes."""
+    tok = load_tokenizer(read_meta(data_dir, 'small', tokenizer)['tokenizer_info'],
+                         variant_dir(data_dir, 'small', tokenizer))
+    val = load_bin(data_dir, 'small', 'val', tokenizer=tokenizer)
+    lengths = torch.from_numpy(tok.token_byte_lengths())
+    stories = np.split(np.asarray(val, dtype=np.int64), np.flatnonzero(val == tok.eot_token) + 1)[:n_stories]
+    nats, texts = 0.0, []
+    for story in stories:  # each ends with its end-of-text
+        texts.append(tok.decode(story[:-1]))
+        ids = torch.from_numpy(np.concatenate([[tok.eot_token], story]))
+        for i in range(0, len(ids) - 1, block_size):
+            chunk = ids[i:i + block_size + 1]
+            x, y = chunk[None, :-1], chunk[None, 1:]
+            with torch.no_grad():
+                loss = model(x, y, reduction='none')[1]
+            nats += float((loss * (lengths[y] > 0)).sum())
+    return nats / math.log(2) / sum(len(t.encode()) for t in texts), texts
+
+
+def test_val_bpb_scores_the_same_bytes_whatever_the_tokenizer(small_data, bpe_data, tmp_path):
+    """Issue 17 case 8: fixed token windows of two tokenizers are different text (13% byte overlap).
+    val_bpb is measured on the first eval_stories whole validation stories: the same bytes for GPT-2
+    and bpe4k, and equal to a direct computation; val_loss stays on its fixed token windows."""
+    texts = {}
+    for tokenizer in ('gpt2', 'bpe4k'):
+        run = train_run(small_data, tmp_path, tokenizer, *TINY, '--max_iters=5', '--eval_windows=3',
+                        '--eval_stories=5', f'--tokenizer={tokenizer}')
+        last = rows(run / 'metrics.csv')[-1]
+        model, _ = load_checkpoint(runs.list_checkpoints(run)[5])
+        bpb, texts[tokenizer] = story_bpb(model, small_data, tokenizer, 5)
+        assert float(last['val_bpb']) == pytest.approx(bpb, rel=1e-5)
+        assert float(last['val_loss']) == pytest.approx(window_loss(model, small_data, 3, tokenizer=tokenizer), rel=1e-5)
+    assert texts['gpt2'] == texts['bpe4k'] and len(texts['gpt2']) == 5
+    recorded = [json.loads((tmp_path / t / 'config.json').read_text())['val_bpb_text'] for t in texts]
+    assert recorded[0] == recorded[1] and recorded[0]['stories'] == 5
+    assert recorded[0]['bytes'] == sum(len(t.encode()) for t in texts['gpt2'])
 
 # -----------------------------------------------------------------------------
 # resume with one command, interruption, divergence
@@ -168,19 +205,44 @@ def test_raising_max_iters_on_resume_keeps_the_schedule_and_says_so(small_data, 
     assert 'learning_rate (checkpoint 0.003, now 0.5)' in result.stderr and snapshot(run) == before
 
 
+def start_train(out_dir, run_name, *args, env=None):
+    """train.py config/smoke.py as its own process (stdout and stderr piped)."""
+    cmd = [sys.executable, str(REPO / 'train.py'), 'config/smoke.py', f'--out_dir={out_dir}', f'--run_name={run_name}',
+           *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env or dict(os.environ, **CPU_MALLOC_ENV), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rows(proc, run_dir, n):
+    """Until the running train.py has logged n metric rows (or has ended)."""
+    metrics = run_dir / 'metrics.csv'
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= n + 1:
+            return
+        time.sleep(0.01)
+
+
+def test_lowering_max_iters_on_resume_stops_there_and_says_so(small_data, tmp_path):
+    """Issue 23 item 9: the message said the run goes on at min_lr; it stopped at the new max_iters."""
+    common = [a for a in TINY if not a.startswith('--lr_decay_iters')]
+    run = train_run(small_data, tmp_path, 'lower', *common, '--max_iters=10', '--checkpoint_interval=5')
+    os.remove(runs.list_checkpoints(run)[10])  # as if it had been stopped at iteration 5
+    result = run_train('--init_from=resume', '--run_name=lower', f'--out_dir={tmp_path}', '--max_iters=8')
+    assert result.returncode == 0, result.stderr
+    said = re.search(r'max_iters 10 -> 8: the run stops at iteration 8 with the learning rate at ([0-9.e-]+), '
+                     r'on the cosine schedule that reaches min_lr=0.0003 at iteration 10', result.stdout)
+    assert said, result.stdout
+    last = rows(run / 'metrics.csv')[-1]
+    assert int(last['iter']) == 8 and float(last['lr']) == pytest.approx(float(said.group(1)), rel=1e-2)
+    assert float(last['lr']) > 3e-4 and json.loads((run / 'summary.json').read_text())['iters'] == 8
+
+
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_saves_then_the_printed_command_resumes_exactly(small_data, straight_run, tmp_path, sig):
     out = tmp_path / 'out'
-    cmd = [sys.executable, str(REPO / 'train.py'), 'config/smoke.py', f'--out_dir={out}', '--run_name=cut',
-           f'--data_dir={small_data}', *TINY, '--max_iters=40']
-    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **CPU_MALLOC_ENV), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    metrics = out / 'cut' / 'metrics.csv'
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:  # header, iter 0, iter 5
-            break
-        time.sleep(0.01)
+    proc = start_train(out, 'cut', f'--data_dir={small_data}', *TINY, '--max_iters=40')
+    wait_for_rows(proc, out / 'cut', 2)  # iter 0 and iter 5
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, stderr
@@ -200,12 +262,15 @@ def test_nan_divergence_stops_with_status_and_keeps_good_checkpoints(small_data,
     result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=boom', f'--data_dir={small_data}',
                        *TINY, '--max_iters=40', '--log_interval=1', '--learning_rate=1e9', '--warmup_iters=0',
                        '--grad_clip=0', '--checkpoint_interval=1', '--keep_checkpoints=0')
-    assert result.returncode == 1 and 'diverged' in result.stderr and 'newest good checkpoint' in result.stderr
+    assert result.returncode == 1 and 'diverged' in result.stderr
     summary = json.loads((tmp_path / 'boom' / 'summary.json').read_text())
     assert summary['status'] == 'diverged' and summary['iters'] < 40
-    for path in runs.list_checkpoints(tmp_path / 'boom').values():
+    saved = runs.list_checkpoints(tmp_path / 'boom')
+    for path in saved.values():
         model, _ = load_checkpoint(path)
         assert all(p.isfinite().all() for p in model.parameters()), path
+    line = result.stderr.strip().splitlines()[-1]
+    assert ('newest good checkpoint' in line) == bool(saved) and ('no good checkpoint' in line) == (not saved), line
 
 
 def test_a_finite_loss_spike_is_divergence_and_the_best_checkpoint_survives_rotation(small_data, tmp_path):
@@ -225,10 +290,34 @@ def test_a_finite_loss_spike_is_divergence_and_the_best_checkpoint_survives_rota
     assert all(math.isfinite(v) for v in losses)  # it never got to NaN: the rule caught it before
     best, ckpt = load_checkpoint(runs.best_checkpoint_path(run))
     assert ckpt['iter_num'] == summary['best_val_iter'] and ckpt['val_loss'] == pytest.approx(summary['best_val_loss'])
-    newest = runs.list_checkpoints(run)
-    assert len(newest) == 1 and str(newest[max(newest)]) in line
-    good, _ = load_checkpoint(newest[max(newest)])
+    saved = runs.list_checkpoints(run)
+    named = re.search(r'newest good checkpoint is (\S+) ', line)
+    assert 1 <= len(saved) <= 2 and named and Path(named.group(1)) in saved.values()  # the newest, and the lowest
+    good, _ = load_checkpoint(named.group(1))
     assert all(p.isfinite().all() for p in good.parameters())
+
+
+def test_divergence_never_checkpoints_blown_up_weights_and_names_a_good_one(small_data, tmp_path):
+    """Issue 17 case 10: lr 3 with warmup, a checkpoint every step, keep 1. A checkpoint was saved
+    without its weights being measured, the good one was rotated away, and the message named a
+    checkpoint whose val loss was above the limit. Now each checkpoint's weights are measured on the
+    val windows first; rotation keeps the lowest-loss one; the one named is under the limit."""
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=lr3', f'--data_dir={small_data}',
+                       *TINY, '--max_iters=40', '--log_interval=1', '--learning_rate=3', '--warmup_iters=5',
+                       '--checkpoint_interval=1', '--keep_checkpoints=1')
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    limit = float(re.search(r'is above ([0-9.]+) \(the spike rule\)', line).group(1))
+    saved = runs.list_checkpoints(tmp_path / 'lr3')
+    assert 1 <= len(saved) <= 2, saved
+    for it, path in saved.items():
+        model, ckpt = load_checkpoint(path)
+        assert ckpt['checkpoint_losses'][it] == pytest.approx(window_loss(model, small_data, 8), rel=1e-5)
+    named = re.search(r'newest good checkpoint is (\S+) \(val loss ([0-9.]+)\)', line)
+    assert named, line
+    model, _ = load_checkpoint(named.group(1))
+    assert window_loss(model, small_data, 8) <= limit and float(named.group(2)) <= limit
+    assert json.loads((tmp_path / 'lr3' / 'summary.json').read_text())['status'] == 'diverged'
 
 
 def test_a_killed_run_is_reported_stale_not_running(small_data, tmp_path):
@@ -258,6 +347,56 @@ def snapshot(folder):
 
 BAD_SETTINGS = [['--model_name=gqa_typo'], ['--n_head=5'], ['--device=cuda:7'], ['--tokenizer=bpe_nope'],
                 ['--batch_size=0'], ['--dtype=float8']]
+
+
+# -----------------------------------------------------------------------------
+# one process per run folder: real concurrent processes (issue 17 case 9)
+
+
+def test_a_live_run_refuses_a_second_start_an_overwrite_and_a_resume(small_data, tmp_path):
+    """9a: --overwrite=True on a live run deleted it; 9c: a resume beside it trained into the same
+    files. Each is now one line naming the host and pid of the live run, and the run goes on untouched."""
+    live = start_train(tmp_path, 'live', f'--data_dir={small_data}', *TINY, '--max_iters=100000', '--seed=7')
+    try:
+        wait_for_rows(live, tmp_path / 'live', 1)
+        config = (tmp_path / 'live' / 'config.json').read_bytes()
+        for extra in ([], ['--overwrite=True'], ['--init_from=resume']):
+            result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=live', f'--data_dir={small_data}',
+                               *TINY, '--max_iters=10', '--seed=8', *extra)
+            assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert f"live: in use by pid {live.pid} on {socket.gethostname()}" in result.stderr, result.stderr
+        assert (tmp_path / 'live' / 'config.json').read_bytes() == config
+        assert runs.read_run(tmp_path / 'live')['status'] == 'running'
+    finally:
+        live.send_signal(signal.SIGTERM)
+        _, stderr = live.communicate(timeout=120)
+    assert live.returncode == 128 + signal.SIGTERM, stderr
+    summary = json.loads((tmp_path / 'live' / 'summary.json').read_text())
+    assert summary['status'] == 'interrupted' and summary['seed'] == 7 and runs.list_checkpoints(tmp_path / 'live')
+    assert runs.lock_holder(tmp_path / 'live') is None  # released with the process
+
+
+def test_two_starts_of_one_run_at_once_one_trains_the_other_stops(small_data, tmp_path):
+    """9b: two starts with one name at the same moment: one exited 0 with its files gone, the other
+    failed on a shared temporary file. Now one trains, the other stops at the lock. Both start without
+    the malloc setting and a thread count: train.py applies the one and picks the other, and says so."""
+    env = {k: v for k, v in os.environ.items() if k not in CPU_MALLOC_ENV and k != 'OMP_NUM_THREADS'}
+    args = [f'--data_dir={small_data}', *[a for a in TINY if not a.startswith('--num_threads')], '--max_iters=20']
+    procs = {seed: start_train(tmp_path, 'same', *args, f'--seed={seed}', env=env) for seed in (1, 2)}
+    outs = {seed: proc.communicate(timeout=300) for seed, proc in procs.items()}
+    assert sorted(proc.returncode for proc in procs.values()) == [0, 1], outs
+    winner = [seed for seed, proc in procs.items() if proc.returncode == 0][0]
+    loser = 3 - winner
+    line = outs[loser][1].strip()
+    assert f"same: in use by pid {procs[winner].pid} on {socket.gethostname()}" in line or 'already exists' in line, line
+    run = tmp_path / 'same'
+    config = json.loads((run / 'config.json').read_text())
+    summary = json.loads((run / 'summary.json').read_text())
+    assert config['seed'] == winner and summary['seed'] == winner and summary['status'] == 'completed'
+    assert summary['iters'] == 20 and list(runs.list_checkpoints(run)) == [20] and not list(run.rglob('*.tmp'))
+    start = outs[winner][0].splitlines()[0]
+    assert re.search(r'cpu float32, \d+ CPU thread\(s\) \(load [0-9.]+ on \d+ CPUs\), malloc thresholds set', start), start
+    assert config['torch_threads'] >= 1 and config['num_threads'] == 0
 
 
 def test_a_bad_setting_changes_nothing_with_or_without_overwrite(small_data, tmp_path):
@@ -358,11 +497,17 @@ def test_a_checkpoint_write_that_fails_midway_leaves_no_tmp_and_says_failed(smal
                           preexec_fn=limit, timeout=300)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert '.pt: could not be written (' in line and 'continue with' in line, line
+    assert '.pt: could not be written (' in line and 'continue with' not in line, line
     run = tmp_path / 'full'
     assert not list(run.rglob('*.tmp')) and runs.list_checkpoints(run) == {}
     summary = json.loads((run / 'summary.json').read_text())
     assert summary['status'] == 'failed' and 'could not be written' in summary['message']
+    # nothing to resume from: the printed command starts the run again, and works as printed (issue 17 case 10)
+    command = line.split('no checkpoint was saved; start again with: ')[1]
+    assert command.startswith('python train.py config/smoke.py') and command.endswith(' --overwrite=True')
+    result = run_train(*shlex.split(command)[2:])
+    assert result.returncode == 0 and json.loads((run / 'summary.json').read_text())['status'] == 'completed'
+    assert list(runs.list_checkpoints(run)) == [5, 10]
 
 # -----------------------------------------------------------------------------
 # configuration and input errors (these fail before any data is read)
