@@ -1,18 +1,21 @@
 """
-Score checkpoints on targeted prompts: does the model know that Lily is a girl, that two apples and
-one more make three, where the ball is? Quick evidence of what a model has learned, long before
-its stories read well.
+Evaluate checkpoints beyond one loss number: targeted prompts (does the model know that Lily is a
+girl, that two apples and one more make three?) and the probes of probes.py, which tell
+architectures apart where multiple-choice accuracy sits near chance: loss past the training context
+(length), in-context copying (copy) and what the model writes (generation).
 
     python eval_harness.py --runs_dir out                         # every run in out/, latest checkpoint
     python eval_harness.py --runs baseline_s1 'gqa_*'             # some runs (names or globs)
+    python eval_harness.py --probes length,copy                   # some probes (default: all four)
     python eval_harness.py --checkpoint_step 2000                 # that step in every run (or: best)
     python eval_harness.py --prompts my_prompts.json --report_dir comparisons/my_eval
-    python eval_harness.py --temperature 0.8 --top_k 40 --seed 1  # sample instead of greedy decoding
+    python eval_harness.py --temperature 0.8 --top_k 40 --seed 1  # sample the prompts instead of greedy
 
 --runs_dir is also spelled --out_dir and --runs --run_names, as in compare.py. --checkpoint_step best
 takes each run's checkpoints/ckpt_best.pt (its lowest val loss). Every run is encoded and decoded
 with the tokenizer it was trained on (runs.load_run_model); a run whose tokenizer file is missing
-or changed is skipped with the reason.
+or changed is skipped with the reason. --probes picks from length, copy, generation, prompts (all
+by default: each takes seconds per run on a CPU; BENCHMARKS.md has the costs).
 
 A prompt is one of two kinds (lm-evaluation-harness's generate_until and multiple_choice):
 - generative: the model continues `prompt` (greedy by default, batched with the key/value cache);
@@ -24,36 +27,43 @@ A prompt is one of two kinds (lm-evaluation-harness's generate_until and multipl
   character of the choice) is reported beside it but awards no points.
 Points: a passed prompt earns its `score`; weighted score = points earned / all points.
 
-Seed groups: runs that differ only in their seed (runs.seed_groups, the grouping compare.py uses)
-get accuracy and weighted score as mean ± std over their seeds (sample std, n - 1), beside the
-per-run rows, which also show each run's status (completed, running, stale, failed, ...).
+Every probe returns named numbers per run (prompts: accuracy, weighted_score, ...). Seed groups
+(runs.seed_groups, the grouping compare.py uses) get the statistics compare.py gives val loss, from
+stats.py, on every number: the group's mean, its difference from the baseline group (--baseline,
+else model_name baseline) with a 95% interval (paired by seed, else Welch, else one run against the
+other side's spread), Holm-adjusted over the groups of that number, and a verdict.
 
 The prompt file is checked completely before any model loads; a bad one stops the script with one
 line naming the prompt id and the problem. A run without checkpoints (or without --checkpoint_step)
-is reported and skipped. Outputs in --report_dir (default comparisons/eval_harness): eval_results.csv,
-summary_table.csv, summary_table.md (runs and seed groups), groups.csv, category_breakdown.csv,
-difficulty_breakdown.csv, settings.json.
+is reported and skipped; a probe a run cannot take says why in its status. Outputs in --report_dir
+(default comparisons/eval_harness): report.html (per probe the groups' means with intervals and
+verdicts, the length plot, the stories), groups.csv (every number of every seed group), probes.csv
+(every number of every run), length_positions.csv, length.png, generations.csv, settings.json, and
+for the prompts eval_results.csv, summary_table.csv/.md, category_breakdown.csv, difficulty_breakdown.csv.
 """
 import argparse
 import csv
 import fnmatch
 import hashlib
+import html
 import io
 import json
 import math
 import os
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
+import probes
+import stats
+from generate import check_settings
 from model import pick_device
-from sample import check_settings
-from runs import (RunError, add_run_args, atomic_write_json, atomic_write_text, find_runs, load_run_model,
+from prepare import read_stories, sample_files
+from runs import (RunError, add_run_args, atomic_write_bytes, atomic_write_text, find_runs, load_run_model,
                   parse_step, read_run, resolve_checkpoint, seed_groups)
 
 DEFAULT_PROMPTS = 'eval/prompts_tinystories.json'
@@ -387,35 +397,67 @@ def summary_rows(rows, run_info):
     return out
 
 
-def group_rows(summary, groups):
-    """groups.csv rows: per seed group (runs.seed_groups), accuracy and weighted score as mean and
-    std over its evaluated runs (sample std, n - 1; nan for a single run), and the steps measured."""
-    out = []
-    for group in groups:
-        names = {r['name'] for r in group['runs']}
-        members = [s for s in summary if s['run'] in names]
-        if not members:
-            continue
-        row = dict(group=group['label'], model_name=group['model_name'],
-                   runs=' '.join(s['run'] for s in members), n=len(members),
-                   steps=' '.join(dict.fromkeys(str(s['step']) for s in members)))
-        for key in ('accuracy', 'weighted_score'):
-            values = [s[key] for s in members]
-            row[f'{key}_mean'] = statistics.fmean(values)
-            row[f'{key}_std'] = statistics.stdev(values) if len(values) > 1 else math.nan
-        out.append(row)
-    return out
+def pick_baseline(groups, pattern=None):
+    """The group every other is compared with: the one whose label is `pattern` or holds a run of that
+    name (--baseline), else the first with model_name 'baseline', else the first group."""
+    for g in groups:
+        if pattern is not None and (g['label'] == pattern or any(r['name'] == pattern for r in g['runs'])):
+            return g
+    if pattern is not None:
+        raise ValueError(f"--baseline {pattern!r}: no evaluated run or seed group has that name "
+                         f"(groups: {', '.join(g['label'] for g in groups)})")
+    return next((g for g in groups if g['model_name'] == 'baseline'), groups[0])
+
+
+def group_statistics(groups, numbers, baseline):
+    """groups.csv rows: for every number (prompts.accuracy, length.loss_0-1x, ...) and seed group, its
+    mean and std over the group's runs and its difference from the baseline group with the interval,
+    p-value and verdict of stats.py, as compare.py judges val loss. numbers: {run: {number: value}};
+    a seed that appears twice in a group counts once (a rerun is the same replicate). Holm's
+    adjustment runs over the groups of one number, as compare.py's over the groups of its metric."""
+    names = list(dict.fromkeys(k for values in numbers.values() for k in values))
+    rows = []
+    for name in names:
+        by_seed = []
+        for g in groups:
+            values = {}
+            for r in g['runs']:
+                v = numbers.get(r['name'], {}).get(name)
+                if v is not None and math.isfinite(v):
+                    values.setdefault(r['config'].get('seed'), v)
+            by_seed.append(values)
+        base_values = by_seed[groups.index(baseline)]
+        results = [stats.compare_values(v, base_values) if g is not baseline else None
+                   for g, v in zip(groups, by_seed)]
+        p_holm = stats.holm([r['p'] if r else None for r in results])
+        for g, values, r, ph in zip(groups, by_seed, results, p_holm):
+            d = stats.describe(values.values())
+            if g is baseline:
+                verdict = 'baseline' if values else 'baseline: no value'
+            elif not values:
+                verdict = 'no value (see the probe status)'
+            else:
+                verdict = stats.verdict(r, ph, what=name)
+            r = r or {}
+            rows.append(dict(number=name, group=g['label'], model_name=g['model_name'],
+                             runs=' '.join(x['name'] for x in g['runs'] if x['name'] in numbers), n=d['n'],
+                             mean=d['mean'], std=d['std'], diff_vs_baseline=r.get('diff'), ci95_low=r.get('low'),
+                             ci95_high=r.get('high'), method=r.get('method', ''), p_value=r.get('p'),
+                             p_holm=ph, verdict=verdict))
+    return rows
 
 
 def _fmt(v):
     if isinstance(v, float):
-        return '' if math.isnan(v) else (str(int(v)) if v.is_integer() and abs(v) < 1e15 else f'{v:.4f}')
+        return '' if math.isnan(v) else (str(int(v)) if v.is_integer() and abs(v) < 1e15 else f'{v:.6g}')
     return v
 
 
 def csv_text(rows, columns):
+    # CRLF line ends (the csv module's default): Python 3.11 quotes a field holding a line end only if it
+    # is in lineterminator, and a generated text can hold a lone '\r'
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator='\n')
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator='\r\n')
     writer.writeheader()
     for r in rows:
         writer.writerow({c: _fmt(r[c]) for c in columns})
@@ -426,7 +468,11 @@ def _pct(v):
     return '' if math.isnan(v) else f'{100 * v:.1f}%'
 
 
-def markdown_table(summary, groups, settings):
+def _num(v, digits=4):
+    return '' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.{digits}f}'
+
+
+def markdown_table(summary, stat_rows, settings):
     lines = [f"# Prompt eval: {settings['prompts_file']} ({settings['n_prompts']} prompts, "
              f"{settings['n_multiple_choice']} multiple choice)", '',
              f"Decoding: {settings['decoding']}, max_new_tokens={settings['max_new_tokens']}. "
@@ -440,21 +486,56 @@ def markdown_table(summary, groups, settings):
                      f"{s['prompts']} | {_pct(s['generate_accuracy'])} | {_pct(s['choice_accuracy'])} | "
                      f"{_pct(s['choice_acc_norm'])} |")
     lines += ['', '## Seed groups', '',
-              'Runs that differ only in their seed; mean \u00b1 std over the seeds (percentage points, '
-              'sample std).', '',
-              '| group | runs | n | step | accuracy | weighted score |', '|---|---|---:|---|---:|---:|']
-
-    def spread(g, key):
-        if g['n'] == 1:
-            return f"{_pct(g[key + '_mean'])} (1 run)"
-        return f"{_pct(g[key + '_mean'])} \u00b1 {100 * g[key + '_std']:.1f}"
-    for g in groups:
-        lines.append(f"| {g['group']} | {g['runs']} | {g['n']} | {g['steps']} | {spread(g, 'accuracy')} | "
-                     f"{spread(g, 'weighted_score')} |")
+              'Runs that differ only in their seed: the mean over the seeds and the difference from the '
+              'baseline group with its 95% interval and verdict (stats.py, as compare.py).', '',
+              '| number | group | runs | n | mean | diff vs baseline | 95% interval | verdict |',
+              '|---|---|---|---:|---:|---:|---|---|']
+    for g in stat_rows:
+        if g['number'] in ('prompts.accuracy', 'prompts.weighted_score'):
+            interval = f"{_num(g['ci95_low'])} .. {_num(g['ci95_high'])}" if g['ci95_low'] is not None else ''
+            lines.append(f"| {g['number']} | {g['group']} | {g['runs']} | {g['n']} | {_num(g['mean'])} | "
+                         f"{_num(g['diff_vs_baseline'])} | {interval} | {g['verdict']} |")
     return '\n'.join(lines) + '\n'
 
 # -----------------------------------------------------------------------------
-# evaluating checkpoints and writing the report
+# the probes: one function each (probes.py), the prompt file as one more
+
+
+def probe_prompts(model, tok, data, settings):
+    """The prompt file (data['prompts']) as a probe: accuracy, weighted score and accuracy by kind of
+    prompt; detail: each prompt's result (eval_results.csv) and a warning about cut prompts."""
+    prompts, max_new_tokens = data['prompts'], settings['max_new_tokens']
+    block_size = model.config.block_size  # generation past it keeps the last block_size tokens (model.generate)
+    too_long = [p['id'] for p in prompts if len(tok.encode(p['prompt'])) +
+                (max_new_tokens if p['type'] == 'generate' else 0) > block_size]
+    warning = None
+    if too_long:
+        named = ', '.join(too_long[:5]) + (', ...' if len(too_long) > 5 else '')
+        warning = (f"{len(too_long)} prompt(s) longer than block_size={block_size} allows keep only their "
+                   f"last tokens ({named})")
+    generator = None
+    if settings['prompt_temperature'] > 0:  # reset for every checkpoint: each run sees the same random stream
+        generator = torch.Generator(device=probes.model_device(model)).manual_seed(settings['seed'])
+    results = evaluate_model(model, tok, prompts, max_new_tokens, settings['batch_size'],
+                             settings['prompt_temperature'], settings['prompt_top_k'], generator)
+    [s] = summary_rows(result_rows('', '', prompts, results), {})
+    keys = ('accuracy', 'weighted_score', 'generate_accuracy', 'choice_accuracy', 'choice_acc_norm')
+    return {k: s[k] for k in keys}, dict(results=results, warning=warning)
+
+
+PROBES = dict(probes.PROBES, prompts=probe_prompts)
+
+
+def parse_probes(text):
+    """--probes' value: names from PROBES, comma-separated (argparse type)."""
+    names = [n.strip() for n in text.split(',') if n.strip()]
+    unknown = [n for n in names if n not in PROBES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected some of {','.join(PROBES)} (comma-separated)")
+    return list(dict.fromkeys(names))
+
+# -----------------------------------------------------------------------------
+# evaluating checkpoints
 
 
 def select_checkpoints(runs_dir, patterns, step):
@@ -476,43 +557,45 @@ def select_checkpoints(runs_dir, patterns, step):
     return chosen, skipped
 
 
-def evaluate_checkpoint(run_dir, step, prompts, device, max_new_tokens=20, batch_size=64, temperature=0.0,
-                        top_k=None, seed=1337):
-    """Load one run's checkpoint with the run's own tokenizer and score it on every prompt. Returns
-    (eval_results rows, an entry for settings.json). Raises ValueError (one line) when the checkpoint,
-    its tokenizer or its context length rule it out."""
+def evaluate_checkpoint(run_dir, step, names, data, settings, device):
+    """Load one run's checkpoint with the run's own tokenizer and run the probes `names` on it. Returns
+    ({probe: dict(numbers, detail, seconds, status)}, an entry for settings.json). A probe the run
+    cannot take (a context too short for it) gets its reason as status and no numbers. Raises
+    ValueError (one line) when the checkpoint or its tokenizer rule the run out."""
     model, ckpt, tok, label = load_run_model(run_dir, step, device)
+    results = {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            numbers, detail = PROBES[name](model, tok, data, settings)
+            status = detail.get('status') or 'ok'
+        except ValueError as e:
+            numbers, detail, status = {}, {}, f'not run: {e}'
+        seconds = round(time.perf_counter() - t0, 3)
+        results[name] = dict(numbers=numbers, detail=detail, seconds=seconds, status=status)
+        print(f"{run_dir.name}@{label}: {name} {seconds:.1f}s" + ('' if status == 'ok' else f" ({status})"))
+        if detail.get('warning'):
+            print(f"warning: {run_dir.name}: {detail['warning']}")
     cfg = model.config
-    if max_new_tokens >= cfg.block_size:
-        raise ValueError(f"--max_new_tokens={max_new_tokens} needs a block_size above it "
-                         f"(this model: {cfg.block_size})")
-    too_long = []
-    for p in prompts:
-        needed = len(tok.encode(p['prompt'])) + (max_new_tokens if p['type'] == 'generate' else 0)
-        if needed > cfg.block_size:
-            too_long.append(p['id'])
-    if too_long:
-        named = ', '.join(too_long[:5]) + (', ...' if len(too_long) > 5 else '')
-        print(f"warning: {run_dir.name}: {len(too_long)} prompt(s) longer than block_size={cfg.block_size} "
-              f"allows keep only their last tokens ({named})")
-    generator = None
-    if temperature > 0:  # reset for every checkpoint: each run sees the same random stream
-        generator = torch.Generator(device=device).manual_seed(seed)
-    t0 = time.perf_counter()
-    with tqdm(total=len(prompts), desc=f"{run_dir.name}@{label}", unit='prompt', file=sys.stderr) as bar:
-        results = evaluate_model(model, tok, prompts, max_new_tokens, batch_size, temperature, top_k,
-                                 generator, progress=bar)
     entry = dict(run=run_dir.name, step=label, model_name=cfg.model_name, iter_num=ckpt.get('iter_num'),
-                 tokenizer=tok.name, tokenizer_sha256=tok.sha256, eval_s=round(time.perf_counter() - t0, 3))
-    return result_rows(run_dir.name, label, prompts, results), entry
+                 block_size=cfg.block_size, tokenizer=tok.name, tokenizer_sha256=tok.sha256,
+                 probe_s={n: r['seconds'] for n, r in results.items()},
+                 probe_status={n: r['status'] for n, r in results.items()})
+    return results, entry
+
+# -----------------------------------------------------------------------------
+# the report: tables, the length plot, the page
 
 
 SUMMARY_COLUMNS = ['run', 'model_name', 'group', 'step', 'status', 'prompts', 'passed', 'accuracy',
                    'accuracy_stderr', 'weighted_score', 'points', 'max_points', 'generate_accuracy',
                    'choice_accuracy', 'choice_acc_norm']
-GROUP_COLUMNS = ['group', 'model_name', 'runs', 'n', 'steps', 'accuracy_mean', 'accuracy_std',
-                 'weighted_score_mean', 'weighted_score_std']
+GROUP_COLUMNS = ['number', 'group', 'model_name', 'runs', 'n', 'mean', 'std', 'diff_vs_baseline', 'ci95_low',
+                 'ci95_high', 'method', 'p_value', 'p_holm', 'verdict']
 BREAKDOWN_TOTALS = ['prompts', 'passed', 'accuracy', 'points', 'max_points', 'weighted_score']
+PROBE_COLUMNS = ['run', 'model_name', 'group', 'step', 'probe', 'number', 'value', 'probe_status']
+POSITION_COLUMNS = ['run', 'group', 'context', 'start', 'end', 'loss', 'bpb']
+STORY_COLUMNS = ['run', 'group', 'decoding', 'opening', 'text', 'tokens', 'ended']
 
 
 def check_report_dir(report_dir):
@@ -528,19 +611,160 @@ def check_report_dir(report_dir):
     return None
 
 
-def write_report(report_dir, rows, summary, groups, settings):
-    """Every output file, each written atomically."""
+def length_figure(curves):
+    """Loss and bits per byte by position (bucket middles). curves: {group label: [(context, positions
+    of one run)]}; each group is the mean of its runs with a min-max band, dotted lines mark each
+    training context and its multiples. PNG bytes, or None without any curve."""
+    curves = {label: found for label, found in curves.items() if found}
+    if not curves:
+        return None
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for i, (label, found) in enumerate(curves.items()):
+        n = min(len(positions) for _, positions in found)  # a run that stopped at its context is shorter
+        x = np.array([(p['start'] + p['end'] - 1) / 2 for p in found[0][1][:n]])
+        for ax, key in zip(axes, ('loss', 'bpb')):
+            y = np.array([[p[key] for p in positions[:n]] for _, positions in found])
+            ax.plot(x, y.mean(0), color=f'C{i % 10}', lw=2, marker='o', ms=3, label=f'{label} (n={len(found)})')
+            if len(found) > 1:
+                ax.fill_between(x, y.min(0), y.max(0), color=f'C{i % 10}', alpha=0.2, lw=0)
+    longest = max(p['end'] for found in curves.values() for _, positions in found for p in positions)
+    contexts = sorted({context for found in curves.values() for context, _ in found})
+    for ax, what in zip(axes, ('val loss (nats/token)', 'val bits per byte')):
+        for context in contexts:
+            for edge in range(context, longest, context):
+                ax.axvline(edge, color='grey', ls=':', lw=1)
+        ax.set_xlabel('position (tokens); dotted: multiples of the training context')
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle('Loss by position on whole validation stories concatenated past the training context')
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def probe_markdown(stat_rows, probe):
+    """The seed groups' means of one probe's numbers, for the console (report.html has the intervals)."""
+    mine = [r for r in stat_rows if r['number'].startswith(probe + '.')]
+    numbers = list(dict.fromkeys(r['number'] for r in mine))
+    mean = {(r['group'], r['number']): r['mean'] for r in mine}
+    table = [['group'] + [n.split('.', 1)[1] for n in numbers], ['---'] + ['---:'] * len(numbers)]
+    table += [[g] + [_num(mean[g, n]) for n in numbers] for g in dict.fromkeys(r['group'] for r in mine)]
+    return f"## {probe} (seed-group means)\n\n" + ''.join(f"| {' | '.join(row)} |\n" for row in table)
+
+
+def html_table(rows, columns):
+    head = ''.join(f'<th>{html.escape(c)}</th>' for c in columns)
+    body = ''.join('<tr>' + ''.join(f'<td>{html.escape(str(_fmt(r.get(c, ""))))}</td>' for c in columns) + '</tr>'
+                   for r in rows)
+    return f'<table><tr>{head}</tr>{body}</table>'
+
+
+def probe_table_html(stat_rows, probe):
+    """One row per seed group, one column per number of the probe: the group's mean and, below it, the
+    difference from the baseline with its 95% interval and the verdict."""
+    mine = [r for r in stat_rows if r['number'].startswith(probe + '.')]
+    numbers = list(dict.fromkeys(r['number'] for r in mine))
+    groups = list(dict.fromkeys(r['group'] for r in mine))
+    cell = {(r['group'], r['number']): r for r in mine}
+    head = '<th>group (n)</th>' + ''.join(f'<th>{html.escape(n.split(".", 1)[1])}</th>' for n in numbers)
+    body = ''
+    for g in groups:
+        n = max(cell[g, x]['n'] for x in numbers)
+        body += f'<tr><td>{html.escape(g)} ({n})</td>'
+        for x in numbers:
+            r = cell[g, x]
+            diff = ''
+            if r['diff_vs_baseline'] is not None:
+                interval = (f" [{r['ci95_low']:+.4f}, {r['ci95_high']:+.4f}]" if r['ci95_low'] is not None else '')
+                diff = f"\u0394 {r['diff_vs_baseline']:+.4f}{interval}<br>"
+            body += (f"<td><b>{_num(r['mean'])}</b><br><small>{diff}{html.escape(r['verdict'])}</small></td>")
+        body += '</tr>'
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def stories_html(story_rows, groups):
+    """The generation probe's stories of each group's first run, next to each other: bold opening,
+    then the continuation; greedy first, then sampled."""
+    shown = {}
+    for r in story_rows:
+        shown.setdefault(r['group'], r['run'])
+    keys = list(dict.fromkeys((r['decoding'], r['opening']) for r in story_rows))
+    text = {(r['run'], r['decoding'], r['opening']): r for r in story_rows}
+    labels = [g['label'] for g in groups if g['label'] in shown]
+    head = '<th>decoding</th>' + ''.join(f'<th>{html.escape(g)}<br><small>{html.escape(shown[g])}</small></th>'
+                                         for g in labels)
+    body = ''
+    for decoding, opening in keys:
+        body += f'<tr><td>{decoding}</td>'
+        for g in labels:
+            r = text[shown[g], decoding, opening]
+            end = ' <i>[end of text]</i>' if r['ended'] else ' <i>[cut]</i>'
+            body += f"<td class='story'><b>{html.escape(opening)}</b>{html.escape(r['text'])}{end}</td>"
+        body += '</tr>'
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+STYLE = ('body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}'
+         'td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;font-size:14px}'
+         'th{background:#f3f3f3}.story{max-width:380px;white-space:pre-wrap}.scroll{overflow-x:auto}'
+         'img{max-width:100%}')
+PROBE_NOTES = {
+    'length': "Mean loss (nats per token) and bits per byte in each length band, on whole validation stories "
+              "concatenated to {longest} times the training context; a variant that cannot run past its context "
+              "(a learned position table) says so in its status and has no value beyond 1x.",
+    'copy': "In-context copying: distinct random tokens repeated (random), and inserted into a validation story "
+            "and repeated later (story). acc and loss on the first copy (a guess) and on the second (predictable "
+            "only by copying from the first).",
+    'generation': "Fixed story openings continued greedily and sampled (temperature {temperature}, top_k {top_k}, "
+                  "seed {seed}): mean_words, rep4 (share of repeated word 4-grams), distinct1/2, eot_share (share "
+                  "ending with end-of-text) and self_loss (the run's own loss on what it wrote, nats per token).",
+    'prompts': "The prompt file: accuracy, weighted score, generative and multiple-choice accuracy "
+               "(summary_table.md has each run).",
+}
+
+
+def report_html(runs_dir, groups, baseline, probe_rows, stat_rows, story_rows, settings, has_plot):
+    """report.html: per probe the seed groups' means with differences, intervals and verdicts, the length
+    plot, the stories; then every run's probe status and the full statistics table."""
+    names = settings['probes']
+    probe_settings = settings['probe_settings']
+    notes = {k: v.format(longest=max(probe_settings['length_multiples']), **probe_settings)
+             for k, v in PROBE_NOTES.items()}
+    parts = [f"<h1>Probes: {html.escape(str(runs_dir))}</h1>",
+             f"<p>Baseline: <b>{html.escape(baseline['label'])}</b>. Each cell: the seed group's mean; below it "
+             "the difference from the baseline group with its 95% interval and the verdict (stats.py, the "
+             "statistics compare.py uses: paired by seed where the seeds match, else Welch; Holm-adjusted "
+             "over the groups of each number). Files: groups.csv (every number), probes.csv (every run).</p>"]
+    for name in names:
+        parts.append(f"<h2>{name}</h2><p>{html.escape(notes[name])}</p>")
+        if name == 'length' and has_plot:
+            parts.append('<img src="length.png" alt="loss by position">')
+        parts.append(probe_table_html(stat_rows, name))
+        if name == 'generation' and story_rows:
+            parts.append(stories_html(story_rows, groups))
+    status = {}
+    for r in probe_rows:
+        status.setdefault((r['run'], r['group'], r['step']), {})[r['probe']] = r['probe_status']
+    run_rows = [dict(run=run, group=group, step=step, **st) for (run, group, step), st in status.items()]
+    parts += ['<h2>Runs</h2><p>Each probe\'s status per run (ok, or why it has no value).</p>',
+              html_table(run_rows, ['run', 'group', 'step'] + names),
+              '<h2>All statistics</h2>', f'<div class="scroll">{html_table(stat_rows, GROUP_COLUMNS)}</div>']
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Probes</title><style>{STYLE}</style>"
+            f"</head><body>{''.join(parts)}</body></html>")
+
+
+def write_report(report_dir, files):
+    """Every output file ({name: text or bytes}), each written atomically."""
     report = Path(report_dir)
     report.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(report / 'eval_results.csv', csv_text(rows, RESULT_COLUMNS))
-    atomic_write_text(report / 'summary_table.csv', csv_text(summary, SUMMARY_COLUMNS))
-    atomic_write_text(report / 'groups.csv', csv_text(groups, GROUP_COLUMNS))
-    atomic_write_text(report / 'summary_table.md', markdown_table(summary, groups, settings))
-    atomic_write_text(report / 'category_breakdown.csv',
-                      csv_text(summarize(rows, 'category'), ['run', 'step', 'category'] + BREAKDOWN_TOTALS))
-    atomic_write_text(report / 'difficulty_breakdown.csv',
-                      csv_text(summarize(rows, 'difficulty'), ['run', 'step', 'difficulty'] + BREAKDOWN_TOTALS))
-    atomic_write_json(report / 'settings.json', settings)
+    for name, content in files.items():
+        (atomic_write_bytes if isinstance(content, bytes) else atomic_write_text)(report / name, content)
 
 # -----------------------------------------------------------------------------
 # command line
@@ -556,18 +780,31 @@ def parse_args(argv=None):
     add_run_args(ap)
     ap.add_argument('--checkpoint_step', type=parse_step, default=None, metavar='N|best',
                     help="this step's checkpoint, or best (lowest val loss); default: each run's latest")
+    ap.add_argument('--probes', type=parse_probes, default=list(PROBES), metavar='NAME,...',
+                    help=f"which probes to run (default: all, {','.join(PROBES)})")
+    ap.add_argument('--baseline', default=None, help="the seed group (label or one of its runs) the others are "
+                    "compared with (default: model_name baseline, else the first)")
     ap.add_argument('--prompts', default=DEFAULT_PROMPTS, help=f'prompt file (default: {DEFAULT_PROMPTS})')
+    ap.add_argument('--stories', default=None, help='validation stories for the length and copy probes '
+                    '(.txt/.jsonl/.json, as prepare.py reads; default: the bundled sample\'s validation split)')
     ap.add_argument('--report_dir', default='comparisons/eval_harness', help='where the tables go')
     ap.add_argument('--max_new_tokens', type=int, default=20, help='tokens generated per prompt (default: 20)')
     ap.add_argument('--batch_size', type=int, default=64, help='prompts (or prompt+choice pairs) per forward pass')
     ap.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps')
-    ap.add_argument('--temperature', type=float, default=0.0, help='0 = greedy (default); > 0 samples')
-    ap.add_argument('--top_k', type=int, default=None, help='sample from the k most likely tokens only')
-    ap.add_argument('--seed', type=int, default=1337, help='sampling seed (reset for every checkpoint)')
+    ap.add_argument('--temperature', type=float, default=0.0, help='prompts: 0 = greedy (default); > 0 samples')
+    ap.add_argument('--top_k', type=int, default=None, help='prompts: sample from the k most likely tokens only')
+    ap.add_argument('--seed', type=int, default=1337, help='sampling seed (reset for every checkpoint) and the '
+                    "probes' random tokens")
+    for key in ('length_sequences', 'copy_sequences', 'generation_tokens'):
+        ap.add_argument(f'--{key}', type=int, default=probes.DEFAULT_SETTINGS[key],
+                        help=f'(default: {probes.DEFAULT_SETTINGS[key]})')
     ap.error = fail  # one line and exit 1, not a usage dump
     args = ap.parse_args(argv)
     if args.batch_size < 1:
         fail(f"--batch_size={args.batch_size}: expected at least 1")
+    for key in ('length_sequences', 'copy_sequences', 'generation_tokens'):
+        if getattr(args, key) < 1:
+            fail(f"--{key}={getattr(args, key)}: expected at least 1")
     try:
         check_settings(args.max_new_tokens, args.temperature, args.top_k)  # sample.py's, the same words
     except ValueError as e:
@@ -575,13 +812,28 @@ def parse_args(argv=None):
     return args
 
 
+def read_data(args):
+    """What the probes read: the prompt file (checked completely) and the validation stories."""
+    data = {}
+    if 'prompts' in args.probes:
+        data['prompts'] = load_prompts(args.prompts)
+    if {'length', 'copy'} & set(args.probes):
+        path = Path(args.stories) if args.stories else sample_files()['val']
+        if not path.is_file():
+            raise ValueError(f"--stories {path}: file not found")
+        data['stories'] = list(read_stories(path))
+        if not data['stories']:
+            raise ValueError(f"--stories {path}: no stories in it")
+    return data
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:  # everything that can be checked before a model loads
-        prompts = load_prompts(args.prompts)
+        data = read_data(args)
         device = pick_device(args.device)
         chosen, skipped = select_checkpoints(args.runs_dir, args.runs, args.checkpoint_step)
-    except ValueError as e:  # PromptFileError, RunError, a device this machine lacks
+    except ValueError as e:  # PromptFileError, RunError, DataError, a device this machine lacks
         fail(e)
     for name, reason in skipped:
         print(f"skipped {name}: {reason}")
@@ -597,52 +849,106 @@ def main(argv=None):
                 f'sampling (temperature={args.temperature}, top_k={args.top_k}, seed={args.seed})')
     if args.temperature == 0 and args.top_k is not None:
         print("note: --top_k has no effect with greedy decoding (--temperature 0)")
+    prompts = data.get('prompts', [])
     n_mc = sum(p['type'] == 'choice' for p in prompts)
-    print(f"{len(prompts)} prompts ({n_mc} multiple choice) from {args.prompts}; {decoding}; device {device}")
+    if prompts:
+        print(f"{len(prompts)} prompts ({n_mc} multiple choice) from {args.prompts}; {decoding}")
+    print(f"probes: {', '.join(args.probes)}; device {device}")
+    settings = dict(probes.DEFAULT_SETTINGS, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                    batch_size=args.batch_size, prompt_temperature=args.temperature, prompt_top_k=args.top_k,
+                    **{k: getattr(args, k) for k in ('length_sequences', 'copy_sequences', 'generation_tokens')})
 
-    rows, evaluated, loaded, run_info = [], [], [], {}
+    probed, evaluated, loaded = [], [], []
     for run_dir, step, path in chosen:
         try:
             run = read_run(run_dir)
-            run_rows, entry = evaluate_checkpoint(run_dir, step, prompts, device, args.max_new_tokens,
-                                                  args.batch_size, args.temperature, args.top_k, args.seed)
+            results, entry = evaluate_checkpoint(run_dir, step, args.probes, data, settings, device)
         except ValueError as e:  # RunError, CheckpointError, DataError (a missing or changed tokenizer file)
             skipped.append((run_dir.name, str(e)))
             print(f"skipped {run_dir.name}: {e}")
             continue
-        rows += run_rows
         loaded.append(run)
+        probed.append((entry, results))
         evaluated.append(dict(entry, checkpoint=str(path), status=run['status']))
-        run_info[run_dir.name] = dict(model_name=entry['model_name'], status=run['status'])
     if not evaluated:
         fail("nothing was evaluated: every selected checkpoint was skipped (see above)")
 
     groups = seed_groups(loaded)
-    for group in groups:
-        for run in group['runs']:
-            run_info[run['name']]['group'] = group['label']
-    summary = summary_rows(rows, run_info)
-    group_summary = group_rows(summary, groups)
-    settings = dict(
-        prompts_file=str(args.prompts), prompts_sha256=hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest(),
-        n_prompts=len(prompts), n_multiple_choice=n_mc, decoding=decoding, temperature=args.temperature,
-        top_k=args.top_k, seed=args.seed if args.temperature > 0 else None, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, device=device, torch_version=torch.__version__,
+    group_of = {r['name']: g['label'] for g in groups for r in g['runs']}
+    try:
+        baseline = pick_baseline(groups, args.baseline)
+    except ValueError as e:
+        fail(e)
+    status = {r['name']: r['status'] for r in loaded}
+    numbers, probe_rows, position_rows, story_rows, curves, rows = {}, [], [], [], {}, []
+    for entry, results in probed:
+        run = entry['run']
+        common = dict(run=run, model_name=entry['model_name'], group=group_of[run], step=entry['step'])
+        numbers[run] = {f'{p}.{k}': v for p, r in results.items() for k, v in r['numbers'].items()}
+        for p, r in results.items():
+            if not r['numbers']:
+                probe_rows.append(dict(common, probe=p, number='', value=None, probe_status=r['status']))
+            probe_rows += [dict(common, probe=p, number=f'{p}.{k}', value=v, probe_status=r['status'])
+                           for k, v in r['numbers'].items()]
+        length = results.get('length', {}).get('detail')
+        if length:
+            position_rows += [dict(run=run, group=group_of[run], context=length['context'], **p)
+                              for p in length['positions']]
+            curves.setdefault(group_of[run], []).append((length['context'], length['positions']))
+        story_rows += [dict(run=run, group=group_of[run], **s)
+                       for s in results.get('generation', {}).get('detail', {}).get('stories', [])]
+        if results.get('prompts', {}).get('numbers'):
+            rows += result_rows(run, entry['step'], prompts, results['prompts']['detail']['results'])
+    curves = {g['label']: curves.get(g['label'], []) for g in groups}
+    stat_rows = group_statistics(groups, numbers, baseline)
+
+    run_settings = dict(
+        probes=args.probes, baseline=baseline['label'], decoding=decoding, temperature=args.temperature,
+        top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        device=device, torch_version=torch.__version__, stories=str(args.stories or sample_files()['val']),
         checkpoint_step=args.checkpoint_step if args.checkpoint_step is not None else 'latest',
-        completion_cut='leading spaces dropped, cut at the first line break, then after the first sentence end (. ! ?)',
-        multiple_choice_points='acc (highest summed log-prob of " <choice>"); acc_norm reported only',
-        group_spread='std over the seeds of a group (sample std, n - 1)',
+        probe_settings={k: settings[k] for k in probes.DEFAULT_SETTINGS},
+        group_statistics='stats.compare_values per number (paired by seed, else Welch, else one run against '
+                         'the other side\'s spread); Holm over the groups of each number',
         evaluated=evaluated, skipped=[dict(run=n, reason=r) for n, r in skipped],
         created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+    files = {'probes.csv': csv_text(probe_rows, PROBE_COLUMNS), 'groups.csv': csv_text(stat_rows, GROUP_COLUMNS)}
+    if prompts:
+        run_settings.update(
+            prompts_file=str(args.prompts), prompts_sha256=hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest(),
+            n_prompts=len(prompts), n_multiple_choice=n_mc,
+            completion_cut='leading spaces dropped, cut at the first line break, then after the first sentence end',
+            multiple_choice_points='acc (highest summed log-prob of " <choice>"); acc_norm reported only')
+        run_info = {e['run']: dict(model_name=e['model_name'], status=status[e['run']], group=group_of[e['run']])
+                    for e, _ in probed}
+        summary = summary_rows(rows, run_info)
+        files['eval_results.csv'] = csv_text(rows, RESULT_COLUMNS)
+        files['summary_table.csv'] = csv_text(summary, SUMMARY_COLUMNS)
+        files['summary_table.md'] = markdown_table(summary, stat_rows, run_settings)
+        for by in ('category', 'difficulty'):
+            files[f'{by}_breakdown.csv'] = csv_text(summarize(rows, by), ['run', 'step', by] + BREAKDOWN_TOTALS)
+    if position_rows:
+        files['length_positions.csv'] = csv_text(position_rows, POSITION_COLUMNS)
+    plot = length_figure(curves)
+    if plot:
+        files['length.png'] = plot
+    if story_rows:
+        files['generations.csv'] = csv_text(story_rows, STORY_COLUMNS)
+    files['report.html'] = report_html(args.runs_dir, groups, baseline, probe_rows, stat_rows, story_rows,
+                                       run_settings, plot is not None)
+    files['settings.json'] = json.dumps(run_settings, indent=2, default=str) + '\n'
     try:
-        write_report(args.report_dir, rows, summary, group_summary, settings)
+        write_report(args.report_dir, files)
     except OSError as e:  # disk full, permissions, a file where the folder should be
         fail(f"--report_dir {args.report_dir}: cannot write {e.filename or 'the report'}: {e.strerror or e}")
 
     print()
-    print(markdown_table(summary, group_summary, settings))
-    print(f"wrote eval_results.csv, summary_table.csv/.md, groups.csv, category_breakdown.csv, "
-          f"difficulty_breakdown.csv, settings.json to {args.report_dir}")
+    if prompts:
+        print(files['summary_table.md'])
+    for name in args.probes:
+        if name != 'prompts':
+            print(probe_markdown(stat_rows, name))
+    print(f"wrote {', '.join(files)} to {args.report_dir} (open report.html)")
 
 
 if __name__ == '__main__':

@@ -2,7 +2,8 @@
 Speed of eval_harness.py on the shipped prompt file: the harness's way (generative prompts batched
 with the key/value cache, multiple-choice pairs scored in batches) beside the naive way (one prompt
 at a time, the whole context re-run for every new token; one prompt+choice pair at a time).
-Asserts that both give identical greedy completions and identical choices, then prints prompts/s.
+Asserts that both give identical greedy completions and identical choices, then prints prompts/s;
+then the seconds each probe of probes.py takes on the same model (--probes).
 
     python bench/bench_eval.py                          # random weights, config/smoke.py's shape
     python bench/bench_eval.py --shape config/baseline.py --max_new_tokens 20
@@ -22,8 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import eval_harness as eh  # noqa: E402
+import probes  # noqa: E402
 from model import GPT, make_config, pick_device  # noqa: E402
 from runs import load_checkpoint, save_checkpoint  # noqa: E402
+from prepare import read_stories, sample_files  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
 
@@ -86,6 +89,8 @@ def main():
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--repeats', type=int, default=3, help='time each way this many times, keep the best')
+    ap.add_argument('--probes', default='length,copy,generation',
+                    help="probes.py's probes to time with their default settings ('' for none)")
     args = ap.parse_args()
 
     args.device = pick_device(args.device)
@@ -126,6 +131,21 @@ def main():
     for kind, n, fast_s, slow_s in rows:
         print(f"{kind:<10}{n:>4}{fast_s:>11.2f}{n / fast_s:>11.1f}{slow_s:>10.2f}{n / slow_s:>11.1f}"
               f"{slow_s / fast_s:>8.1f}x")
+    time_probes(model, tok, [p for p in args.probes.split(',') if p], args.repeats)
+
+
+def time_probes(model, tok, names, repeats):
+    """Seconds per run of each probe (best of `repeats`), default settings, the bundled validation stories."""
+    if not names:
+        return
+    data = dict(stories=list(read_stories(sample_files()['val'])))
+    settings = dict(probes.DEFAULT_SETTINGS)
+    probes.token_bytes(tok)  # once per tokenizer, not part of a probe's cost
+    print(f"\nprobes (settings: {settings})")
+    print(f"{'probe':<12}{'s per run':>10}  status")
+    for name in names:
+        (_, detail), seconds = timed(lambda: probes.PROBES[name](model, tok, data, settings), repeats)
+        print(f"{name:<12}{seconds:>10.2f}  {detail.get('status', 'ok')}")
 
 
 if __name__ == '__main__':

@@ -286,7 +286,7 @@ def test_bad_prompt_file_is_one_line_before_any_model_loads(tmp_path, monkeypatc
         raise AssertionError('a model was loaded before the prompt file was checked')
     monkeypatch.setattr(eh, 'load_run_model', no_load)
     with pytest.raises(SystemExit) as exc:
-        eh.main(['--out_dir', str(out), '--prompts', str(path), '--report_dir', str(tmp_path / 'report')])
+        eh.main(['--out_dir', str(out), '--probes', 'prompts', '--prompts', str(path), '--report_dir', str(tmp_path / 'report')])
     text = str(exc.value.code)
     assert text.startswith('eval_harness.py: error: ') and '\n' not in text and str(path) in text
     assert message in text
@@ -311,7 +311,7 @@ def test_runs_without_checkpoints_or_the_step_are_skipped(tmp_path, capsys):
     make_run(out, 'c_only10', [10])
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC])
     report = tmp_path / 'report'
-    eh.main(['--out_dir', str(out), '--prompts', str(prompts), '--report_dir', str(report),
+    eh.main(['--out_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--report_dir', str(report),
              '--checkpoint_step', '20', '--run_names', 'a_*', 'b_none', 'c_only10', 'd_missing', 'z_*',
              '--max_new_tokens', '4', '--device', 'cpu'])
     stdout = capsys.readouterr().out
@@ -332,7 +332,7 @@ def test_latest_checkpoint_by_default_and_every_output_written(tmp_path):
     make_run(out, 'r2', [7])
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC, dict(MC, id='m2', category='gender', difficulty=3, score=3)])
     report = tmp_path / 'report'
-    eh.main(['--runs_dir', str(out), '--prompts', str(prompts), '--report_dir', str(report), '--max_new_tokens', '4',
+    eh.main(['--runs_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--report_dir', str(report), '--max_new_tokens', '4',
              '--device', 'cpu'])
     for name in OUTPUTS:
         assert (report / name).is_file(), name
@@ -356,7 +356,7 @@ def test_sampling_settings_are_recorded_and_reproducible(tmp_path):
     prompts = write_prompts(tmp_path / 'p.json', [GEN, dict(GEN, id='g2', prompt='Dad is a man. Mom is a')])
     texts = []
     for name in ('a', 'b'):
-        eh.main(['--out_dir', str(out), '--prompts', str(prompts), '--report_dir', str(tmp_path / name),
+        eh.main(['--out_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--report_dir', str(tmp_path / name),
                  '--temperature', '1.5', '--top_k', '50', '--seed', '7', '--max_new_tokens', '8', '--device', 'cpu'])
         texts.append([r['generated'] for r in read_csv(tmp_path / name / 'eval_results.csv')])
         settings = json.loads((tmp_path / name / 'settings.json').read_text())
@@ -372,7 +372,7 @@ def test_no_runs_is_one_clear_line(tmp_path):
     for out_dir, message in ((tmp_path / 'empty', 'nothing to evaluate'),
                              (tmp_path / 'nowhere', 'runs folder not found')):
         with pytest.raises(SystemExit) as exc:
-            eh.main(['--out_dir', str(out_dir), '--prompts', str(prompts), '--report_dir', str(tmp_path / 'r')])
+            eh.main(['--out_dir', str(out_dir), '--probes', 'prompts', '--prompts', str(prompts), '--report_dir', str(tmp_path / 'r')])
         assert message in str(exc.value.code) and '\n' not in str(exc.value.code)
 
 # -----------------------------------------------------------------------------
@@ -405,7 +405,7 @@ def test_best_checkpoint_is_evaluated_when_asked(tmp_path, capsys):
     shutil.copy(run / 'checkpoints' / 'ckpt_000010.pt', runs.best_checkpoint_path(run))
     make_run(out, 'r2', [5])
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC, dict(GEN, id='g2', prompt='Dad is a man. Mom is a')])
-    common = ['--runs_dir', str(out), '--prompts', str(prompts), '--max_new_tokens', '6', '--device', 'cpu']
+    common = ['--runs_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--max_new_tokens', '6', '--device', 'cpu']
     eh.main(common + ['--checkpoint_step', 'best', '--report_dir', str(tmp_path / 'best')])
     assert 'skipped r2: no best checkpoint' in capsys.readouterr().out
     eh.main(common + ['--checkpoint_step', '10', '--runs', 'r1', '--report_dir', str(tmp_path / 'step10')])
@@ -421,21 +421,37 @@ def test_best_checkpoint_is_evaluated_when_asked(tmp_path, capsys):
     assert "'last': expected an iteration number or 'best'" in str(exc.value.code)
 
 
-def test_group_mean_and_std_by_hand():
-    loaded = [dict(name=n, config=dict(model_name=m, seed=seed, n_layer=2))
-              for n, m, seed in [('b1', 'baseline', 1), ('g1', 'gqa', 1), ('b2', 'baseline', 2), ('b3', 'baseline', 3)]]
-    summary = [dict(run='b1', step=30, accuracy=0.5, weighted_score=0.4),
-               dict(run='g1', step=30, accuracy=0.55, weighted_score=0.45),
-               dict(run='b2', step=30, accuracy=0.6, weighted_score=0.5),
-               dict(run='b3', step=20, accuracy=0.7, weighted_score=0.9)]
-    base, gqa = eh.group_rows(summary, runs.seed_groups(loaded))
-    assert (base['group'], base['runs'], base['n'], base['steps']) == ('baseline', 'b1 b2 b3', 3, '30 20')
-    # mean 0.6, deviations -0.1 0 0.1: sample std sqrt(0.02 / 2) = 0.1
-    assert base['accuracy_mean'] == pytest.approx(0.6) and base['accuracy_std'] == pytest.approx(0.1)
-    # mean 0.6, deviations -0.2 -0.1 0.3: sqrt(0.14 / 2)
-    assert base['weighted_score_mean'] == pytest.approx(0.6)
-    assert base['weighted_score_std'] == pytest.approx(math.sqrt(0.07))
-    assert (gqa['n'], gqa['accuracy_mean']) == (1, 0.55) and math.isnan(gqa['accuracy_std'])
+def test_group_statistics_by_hand():
+    """Every number of every group against the baseline group through stats.py: paired by seed where the
+    seeds match, one run against the baseline's spread, a rerun of a seed counted once."""
+    loaded = [dict(name=n, config=dict(model_name=m, seed=seed, n_layer=2)) for n, m, seed in [
+        ('b1', 'baseline', 1), ('g1', 'gqa', 1), ('b2', 'baseline', 2), ('b3', 'baseline', 3), ('g2', 'gqa', 2),
+        ('g3', 'gqa', 3), ('g3_again', 'gqa', 3), ('m1', 'mqa', 1)]]
+    numbers = dict(b1={'prompts.accuracy': 0.5}, b2={'prompts.accuracy': 0.6}, b3={'prompts.accuracy': 0.7},
+                   g1={'prompts.accuracy': 0.6}, g2={'prompts.accuracy': 0.8}, g3={'prompts.accuracy': 0.7},
+                   g3_again={'prompts.accuracy': 0.1}, m1={'prompts.accuracy': 0.9, 'length.loss_1-2x': math.nan})
+    groups = runs.seed_groups(loaded)
+    rows = eh.group_statistics(groups, numbers, eh.pick_baseline(groups))
+    by = {(r['number'], r['group']): r for r in rows}
+    base, gqa, mqa = (by['prompts.accuracy', g] for g in ('baseline', 'gqa', 'mqa'))
+    assert (base['mean'], base['n'], base['verdict']) == (pytest.approx(0.6), 3, 'baseline')
+    assert base['std'] == pytest.approx(0.1) and base['diff_vs_baseline'] is None
+    # gqa: seeds 1, 2, 3 (g3_again is seed 3 again: left out): differences 0.1, 0.2, 0.0
+    assert gqa['n'] == 3 and gqa['mean'] == pytest.approx(0.7) and gqa['method'].startswith('paired by seed')
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, df 2) x sd / sqrt(n)
+    assert gqa['diff_vs_baseline'] == pytest.approx(0.1)
+    assert (gqa['ci95_low'], gqa['ci95_high']) == (pytest.approx(0.1 - half), pytest.approx(0.1 + half))
+    assert gqa['verdict'] == 'within noise'
+    # one run against the baseline's three: the baseline's spread, sqrt(1 + 1/3) wider
+    assert mqa['n'] == 1 and mqa['diff_vs_baseline'] == pytest.approx(0.3) and mqa['method'].startswith('n=1')
+    assert mqa['ci95_high'] - 0.3 == pytest.approx(4.302652729911275 * 0.1 * math.sqrt(4 / 3))
+    # Holm over the groups of one number: each row's adjusted p is at least its own
+    assert gqa['p_holm'] >= gqa['p_value'] and mqa['p_holm'] >= mqa['p_value']
+    # a number no run of a group has: said, not a crash
+    assert by['length.loss_1-2x', 'mqa']['verdict'].startswith('no value') and by['length.loss_1-2x', 'mqa']['n'] == 0
+    assert eh.pick_baseline(groups, 'g2')['label'] == 'gqa'
+    with pytest.raises(ValueError, match="--baseline 'nope': no evaluated run or seed group"):
+        eh.pick_baseline(groups, 'nope')
 
 
 def dead_pid():
@@ -455,21 +471,22 @@ def test_groups_and_status_beside_the_per_run_rows(tmp_path):
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC, dict(MC, id='m2', prompt='The ice is cold, but the fire is',
                                                                   choices=['hot', 'cold'])])
     report = tmp_path / 'report'
-    eh.main(['--runs_dir', str(out), '--prompts', str(prompts), '--report_dir', str(report), '--max_new_tokens', '4',
+    eh.main(['--runs_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--report_dir', str(report), '--max_new_tokens', '4',
              '--device', 'cpu'])
     summary = {s['run']: s for s in read_csv(report / 'summary_table.csv')}
     assert {r: s['status'] for r, s in summary.items()} == dict(base_s1='completed', base_s2='stale', wide_s1='failed')
-    groups = {g['runs']: g for g in read_csv(report / 'groups.csv')}
+    groups = {g['runs']: g for g in read_csv(report / 'groups.csv') if g['number'] == 'prompts.accuracy'}
     assert set(groups) == {'base_s1 base_s2', 'wide_s1'}
     assert summary['base_s1']['group'] == summary['base_s2']['group'] == groups['base_s1 base_s2']['group']
     a, b = (float(summary[r]['accuracy']) for r in ('base_s1', 'base_s2'))
     pair = groups['base_s1 base_s2']
-    assert float(pair['accuracy_mean']) == pytest.approx((a + b) / 2, abs=1e-4)
-    assert float(pair['accuracy_std']) == pytest.approx(abs(a - b) / math.sqrt(2), abs=1e-4)
-    assert groups['wide_s1']['accuracy_std'] == '' and groups['wide_s1']['n'] == '1'
+    assert float(pair['mean']) == pytest.approx((a + b) / 2, abs=1e-4)
+    assert float(pair['std'] or 0) == pytest.approx(abs(a - b) / math.sqrt(2), abs=1e-4)
+    assert groups['wide_s1']['std'] == '' and groups['wide_s1']['n'] == '1'
+    assert pair['verdict'] == 'baseline' and groups['wide_s1']['method'].startswith('n=1')
     md = (report / 'summary_table.md').read_text()
     assert '| base_s2 | baseline | 10 | stale |' in md and '| wide_s1 | baseline | 10 | failed |' in md
-    assert '## Seed groups' in md and '| base_s1 base_s2 | 2 | 10 |' in md and '(1 run)' in md
+    assert '## Seed groups' in md and '| prompts.accuracy | baseline [n_embd=null] | base_s1 base_s2 | 2 |' in md
 
 
 def test_each_run_is_evaluated_with_its_own_tokenizer(tmp_path):
@@ -481,7 +498,7 @@ def test_each_run_is_evaluated_with_its_own_tokenizer(tmp_path):
     make_run(out, 'a_gpt2', [10])
     bpe = make_run(out, 'b_bpe', [10], seed=4, bpe=True)
     prompts = write_prompts(tmp_path / 'p.json', [GEN, dict(GEN, id='g2', prompt='Dad is a man. Mom is a'), MC])
-    args = ['--runs_dir', str(out), '--prompts', str(prompts), '--max_new_tokens', '8', '--device', 'cpu']
+    args = ['--runs_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--max_new_tokens', '8', '--device', 'cpu']
     eh.main(args + ['--report_dir', str(tmp_path / 'ok')])
     rows = [r for r in read_csv(tmp_path / 'ok' / 'eval_results.csv') if r['run'] == 'b_bpe']
     hf = Tokenizer.from_file(str(bpe / 'tokenizer.json'))
@@ -511,14 +528,15 @@ def test_bpe_run_is_evaluated_with_its_own_tokenizer(bpe_run, tmp_path):
     """A run trained on the bpe4k data is scored by eval_harness.py with its own tokenizer."""
     report = tmp_path / 'report'
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC])
-    eh.main(['--runs_dir', str(bpe_run.parent), '--runs', bpe_run.name, '--prompts', str(prompts),
+    eh.main(['--runs_dir', str(bpe_run.parent), '--runs', bpe_run.name, '--probes', 'prompts', '--prompts', str(prompts),
              '--report_dir', str(report), '--max_new_tokens', '8', '--device', 'cpu'])
     [entry] = json.loads((report / 'settings.json').read_text())['evaluated']
     assert entry['tokenizer'] == 'bpe4k'
     from tokenizers import Tokenizer
-    hf = Tokenizer.from_file(str(bpe_run / 'tokenizer.json'))  # read here, not through the code under test
+    model, ckpt = load_checkpoint(runs.resolve_checkpoint(bpe_run)[1])
+    # the file the checkpoint names, read here, not through the code under test
+    hf = Tokenizer.from_file(str(bpe_run / ckpt['tokenizer']['file']))
     assert hf.get_vocab_size() == 4096
-    model, _ = load_checkpoint(runs.resolve_checkpoint(bpe_run)[1])
     [ids] = model.generate([hf.encode(GEN['prompt'], add_special_tokens=False).ids], 8,
                            eot_token=hf.token_to_id(EOT_TEXT))
     [row] = [r for r in read_csv(report / 'eval_results.csv') if r['prompt_id'] == 'g1']
@@ -530,7 +548,7 @@ def test_unwritable_report_dir_is_one_line(tmp_path, monkeypatch):
     make_run(out, 'r1', [10])
     prompts = write_prompts(tmp_path / 'p.json', [GEN])
     (tmp_path / 'a_file').write_text('not a folder')
-    args = ['--runs_dir', str(out), '--prompts', str(prompts), '--max_new_tokens', '4', '--device', 'cpu']
+    args = ['--runs_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--max_new_tokens', '4', '--device', 'cpu']
     with pytest.raises(SystemExit) as exc:  # found before any model loads
         eh.main(args + ['--report_dir', str(tmp_path / 'a_file' / 'report')])
     text = str(exc.value.code)
@@ -543,7 +561,7 @@ def test_unwritable_report_dir_is_one_line(tmp_path, monkeypatch):
         eh.main(args + ['--report_dir', str(tmp_path / 'report')])
     text = str(exc.value.code)
     assert text.startswith('eval_harness.py: error: --report_dir ') and 'No space left on device' in text
-    assert '\n' not in text and 'eval_results.csv' in text
+    assert '\n' not in text and 'probes.csv' in text
 
 # -----------------------------------------------------------------------------
 # end to end on real checkpoints (the shared smoke runs: baseline_s1/s2, gqa_s1/s2, steps 15 and 30)
@@ -551,7 +569,7 @@ def test_unwritable_report_dir_is_one_line(tmp_path, monkeypatch):
 
 def test_end_to_end_on_smoke_runs(smoke_runs, tmp_path):
     report = tmp_path / 'latest'
-    eh.main(['--out_dir', str(smoke_runs), '--prompts', str(SHIPPED), '--report_dir', str(report), '--device', 'cpu'])
+    eh.main(['--out_dir', str(smoke_runs), '--probes', 'prompts', '--prompts', str(SHIPPED), '--report_dir', str(report), '--device', 'cpu'])
     n_prompts = len(eh.load_prompts(SHIPPED))
     summary = read_csv(report / 'summary_table.csv')
     assert [(s['run'], s['model_name'], s['step'], s['status']) for s in summary] == [
@@ -565,12 +583,16 @@ def test_end_to_end_on_smoke_runs(smoke_runs, tmp_path):
             lps = [float(x) for x in r['choice_logprobs'].split(';')]
             assert all(lp < 0 for lp in lps) and r['passed'] == str(int(r['chosen_index'] == r['answer_index']))
     # seed groups: the two seeds of each model, mean and std of their per-run rows
-    groups = read_csv(report / 'groups.csv')
+    groups = [g for g in read_csv(report / 'groups.csv') if g['number'] == 'prompts.weighted_score']
     assert [(g['runs'], g['n']) for g in groups] == [('baseline_s1 baseline_s2', '2'), ('gqa_s1 gqa_s2', '2')]
     for g in groups:
         a, b = (float(s['weighted_score']) for s in summary if s['run'] in g['runs'].split())
-        assert float(g['weighted_score_mean']) == pytest.approx((a + b) / 2, abs=1e-4)
-        assert float(g['weighted_score_std']) == pytest.approx(abs(a - b) / math.sqrt(2), abs=1e-4)
+        assert float(g['mean']) == pytest.approx((a + b) / 2, abs=1e-4)
+        assert float(g['std'] or 0) == pytest.approx(abs(a - b) / math.sqrt(2), abs=1e-4)
+    gqa = groups[1]  # paired with the baseline by seed: the mean of the two per-seed differences
+    diffs = [float(summary[i + 2]['weighted_score']) - float(summary[i]['weighted_score']) for i in (0, 1)]
+    assert float(gqa['diff_vs_baseline']) == pytest.approx(sum(diffs) / 2, abs=1e-4)
+    assert gqa['method'].startswith('paired by seed (1, 2)') or gqa['verdict'].startswith('no difference')
     # greedy decoding is deterministic and batch-independent: the same checkpoint, other batches
     model, _, tok, _ = runs.load_run_model(smoke_runs / 'baseline_s1', 30)
     prompts = eh.load_prompts(SHIPPED)
@@ -584,7 +606,7 @@ def test_end_to_end_on_smoke_runs(smoke_runs, tmp_path):
     light_copy(smoke_runs / 'gqa_s1', out / 'gqa_s1')
     shutil.rmtree(out / 'gqa_s1' / 'checkpoints')
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC])
-    eh.main(['--out_dir', str(out), '--checkpoint_step', '15', '--prompts', str(prompts),
+    eh.main(['--out_dir', str(out), '--checkpoint_step', '15', '--probes', 'prompts', '--prompts', str(prompts),
              '--report_dir', str(tmp_path / 'step15'), '--device', 'cpu'])
     settings = json.loads((tmp_path / 'step15' / 'settings.json').read_text())
     assert [(s['run'], s['reason'].split(' (')[0]) for s in settings['skipped']] == [
