@@ -7,6 +7,7 @@ on this machine or on a SLURM cluster. Each run is its own train.py process, lau
     python sweep.py config/sweeps/lr.py --dry_run                   # print the train.py commands, start nothing
     python sweep.py config/sweeps/variants.py --parallel 2          # 2 runs at once (default: one per GPU)
     python sweep.py config/sweeps/lr.py --launcher slurm --partition gpu --gpus_per_run 1 --time_min 120
+    python sweep.py config/sweeps/lr.py --launcher slurm --partition cpu --cpus_per_run 4 --time_min 60 --wait
 
 A sweep file is plain Python, like a train config:
 
@@ -24,22 +25,33 @@ runs (their files untouched), resumes interrupted or stale ones from their newes
 diverged ones alone (--retry_diverged starts them again from scratch) and adds new grid points. Ctrl-C
 stops every running run cleanly (train.py saves a checkpoint) and the same command continues them.
 At the end compare.py and eval_harness.py write comparisons/<name>/ (--no_report skips them).
+
+On SLURM the command submits one job array and returns; the same command again reports where the runs
+are, submits nothing that is still queued, and writes the report once all have ended. With --wait it
+follows the array to the end itself. A task signalled before its time limit, or preempted, saves a
+checkpoint, is requeued and resumes. README: "Running on a cluster".
 """
 import argparse
+import contextlib
+import ctypes
 import difflib
 import fcntl
 import glob
+import io
 import itertools
 import json
 import math
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,20 +60,22 @@ import submitit
 
 import runs
 from configurator import ConfigError, configure, load_settings, read_python_file
+from tokenizer import DataError, canonical_config, parse_tokenizer
 
 REPO = Path(__file__).resolve().parent
 SWEEP_KEYS = ('base', 'grid', 'overrides', 'name', 'tune')
 SET_BY_SWEEP = ('run_name', 'init_from', 'overwrite')  # the sweep names each run's folder and how it starts
-RESOLVED_BY_TRAIN = ('device', 'dtype', 'compile')     # config.json holds what 'auto' / None became
+RESOLVED_BY_TRAIN = dict(device='auto', dtype='auto', compile=None, eval_stories=0)  # config.json: what these became
 NAME_PREFIX = dict(learning_rate='lr', seed='s')       # in run names; model_name appears as its value
 OWN_FOLDERS = ('logs', 'submitit')                     # the sweep's own folders next to the runs
-OPTIONS = ('launcher', 'parallel', 'gpus_per_run', 'partition', 'time_min', 'account', 'dry_run',
-           'no_report', 'retry_diverged', 'report_dir')
+OPTIONS = ('launcher', 'parallel', 'gpus_per_run', 'cpus_per_run', 'mem_gb', 'partition', 'time_min', 'account',
+           'wait', 'dry_run', 'no_report', 'retry_diverged', 'report_dir')
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs stop after timeout_min (default 2): not here
-SLURM_SIGNAL_DELAY_S = 120  # SLURM's warning (USR2) comes this long before the time limit...
-CHECKPOINT_WAIT_S = 90      # ...and train.py gets this long of it to save its checkpoint and stop
+SLURM_SIGNAL_DELAY_S = 120  # SLURM's warning (USR2) comes this long before the time limit (at most half of it)
 SLURM_MAX_REQUEUES = 100    # a long run in short time slots is requeued this often at most
 POLL_S = 0.1                # how often the local launcher looks for a finished run
+SLURM_POLL_S = 5            # how often --wait asks squeue
+PR_SET_PDEATHSIG = 1        # prctl(2): a signal for this process when its parent dies
 
 
 class SweepError(ValueError):
@@ -75,22 +89,29 @@ def fail(message):
 # a run as a submitit job (standard library only: submitit ships this object to the job's python)
 
 
-def _train_signals():
+def _train_signals(prctl):
     """In the train.py process, before it starts: Ctrl-C as usual (the local launcher ignores it and
-    passes it on itself), and SLURM's early warning ignored (it is for submitit: see checkpoint)."""
+    passes it on itself), SLURM's early warning ignored (it is for submitit: see checkpoint), and a
+    SIGTERM (train.py saves a checkpoint and stops) if the job process above it dies, even by kill -9."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
     """One run: train.py from scratch, or from the run's newest checkpoint when it has one, so a job
     requeued after a time limit or a preemption continues. Returns train.py's exit code."""
 
-    def __init__(self, name, run_dir, scratch, resume, log_dir, cwd, env, restart=False, own_session=False):
+    def __init__(self, name, run_dir, scratch, resume, log_dir, cwd, env, restart=False, launcher_pid=None,
+                 checkpoint_wait_s=90):
         self.name, self.run_dir, self.scratch, self.resume = name, run_dir, scratch, resume
         self.log_dir, self.cwd, self.env = log_dir, cwd, env
-        self.restart = restart          # from scratch even where checkpoints exist (--retry_diverged)
-        self.own_session = own_session  # local: a terminal's Ctrl-C reaches train.py through the launcher only
+        self.restart = restart  # from scratch even where checkpoints exist (--retry_diverged)
+        # local: the sweep.py process; train.py runs in its own session (a terminal's Ctrl-C reaches it
+        # through the launcher only) and stops when that process dies (kill -9 included): no orphans
+        self.launcher_pid = launcher_pid
+        self.checkpoint_wait_s = checkpoint_wait_s  # SLURM: within the warning before the time limit
         self.attempts = 0
         self.proc = None
 
@@ -110,14 +131,23 @@ class TrainJob(submitit.helpers.Checkpointable):
                     return 0  # requeued just as it finished
         cmd = self.command()
         self.attempts, self.restart = self.attempts + 1, False  # a requeue continues what this started
+        launcher = None
+        if self.launcher_pid is not None:
+            try:  # a pidfd: readable once that process has ended, whatever ended it (pid reuse cannot fool it)
+                launcher = os.pidfd_open(self.launcher_pid)
+            except ProcessLookupError:
+                return 1  # the sweep that started this job is gone: start nothing
         os.makedirs(self.log_dir, exist_ok=True)
         pid_path = os.path.join(self.log_dir, f'{self.name}.pid')
         with open(os.path.join(self.log_dir, f'{self.name}.log'), 'a') as log:
             log.write(f"\n=== {datetime.now().isoformat(timespec='seconds')} {shlex.join(cmd)}\n")
             log.flush()
+            prctl = ctypes.CDLL(None).prctl if sys.platform.startswith('linux') else None  # looked up before fork
             self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=dict(os.environ, **self.env), stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=self.own_session,
-                                         preexec_fn=_train_signals)
+                                         stderr=subprocess.STDOUT, start_new_session=launcher is not None,
+                                         preexec_fn=lambda: _train_signals(prctl))
+            if launcher is not None:
+                threading.Thread(target=self._stop_with_launcher, args=(launcher,), daemon=True).start()
             with open(pid_path + '.tmp', 'w') as f:  # the local launcher sends Ctrl-C to this pid
                 f.write(f'{self.proc.pid}\n')
             os.replace(pid_path + '.tmp', pid_path)
@@ -126,6 +156,13 @@ class TrainJob(submitit.helpers.Checkpointable):
             finally:
                 os.remove(pid_path)
 
+    def _stop_with_launcher(self, pidfd):
+        """Local: once sweep.py has ended (killed, even with kill -9), train.py saves a checkpoint and stops,
+        so that nothing trains unwatched and the same command resumes it."""
+        select.select([pidfd], [], [])
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on SLURM's warning before the time limit, or on a preemption: train.py
         saves a checkpoint and stops (SIGTERM; torchrun passes it on), then the job is requeued with
@@ -133,7 +170,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=CHECKPOINT_WAIT_S)
+                self.proc.wait(timeout=self.checkpoint_wait_s)
             except subprocess.TimeoutExpired:
                 pass  # it resumes from the newest checkpoint it did save
         return submitit.helpers.DelayedSubmission(self)
@@ -222,13 +259,17 @@ def checked(settings, argv, where=None):
         configure(ns, argv)
     except ConfigError as e:
         raise SweepError(f"{where}: {e}" if where else str(e)) from None
+    try:
+        ns['tokenizer'] = parse_tokenizer(ns['tokenizer'])[0]  # its one shape, as train.py records it
+    except DataError as e:
+        raise SweepError(f"{where or '--tokenizer'}: {e}") from None
     return ns
 
 
 def check_data(runs_to_start):
     """The prepared data every new run reads, checked once per folder before anything starts: a
     missing or damaged one is one line (with the prepare command), not a failed run per grid point."""
-    from prepare import DataError, parse_tokenizer, read_meta
+    from prepare import read_meta
     seen = set()
     for run in runs_to_start:
         s = run['settings']
@@ -237,9 +278,20 @@ def check_data(runs_to_start):
             continue
         seen.add(key)
         try:
-            read_meta(s['data_dir'], s['dataset_variant'], tokenizer=parse_tokenizer(s['tokenizer'])[0])
+            read_meta(s['data_dir'], s['dataset_variant'], tokenizer=s['tokenizer'])
         except DataError as e:
             raise SweepError(f"{run['name']}: {e}") from None
+
+
+def check_model(name, ns):
+    """The run's model config, built as train.py builds it (GPTConfig checks its fields): a setting
+    that cannot make a model (n_head=5 with n_embd=64) is one line naming the run, before anything starts."""
+    from model import GPTConfig, make_config
+    model_args = {f.name: ns[f.name] for f in fields(GPTConfig) if f.name not in ('model_name', 'vocab_size')}
+    try:
+        make_config(ns['model_name'], **model_args)  # vocab_size: the default; the data's is checked in check_data
+    except ValueError as e:
+        raise SweepError(f"{name}: {e}") from None
 
 
 def plan_runs(spec, flags, settings, gpus_per_run):
@@ -292,7 +344,8 @@ def plan_runs(spec, flags, settings, gpus_per_run):
         if not re.fullmatch(r'[\w.+=-]+', name) or name in OWN_FOLDERS or name in ('.', '..'):
             raise SweepError(f"{path}: grid point {point} gives run name {name!r}: expected a plain folder "
                              f"name (not {' or '.join(OWN_FOLDERS)})")
-        if ns['gradient_accumulation_steps'] % gpus_per_run:
+        check_model(name, ns)
+        if gpus_per_run > 1 and ns['gradient_accumulation_steps'] % gpus_per_run:
             raise SweepError(f"{name}: gradient_accumulation_steps={ns['gradient_accumulation_steps']} must be "
                              f"divisible by --gpus_per_run={gpus_per_run} (DDP splits it across the processes)")
         by_name[name] = point
@@ -313,18 +366,14 @@ def differing(wanted, stored, settings):
     out = {}
     for key in settings['__annotations__']:
         want = wanted[key]
-        if key in SET_BY_SWEEP or key == 'out_dir' or (key in RESOLVED_BY_TRAIN and want in ('auto', None)):
+        if key in SET_BY_SWEEP or key == 'out_dir':
+            continue
+        unresolved = RESOLVED_BY_TRAIN.get(key, ...)
+        if type(want) is type(unresolved) and want == unresolved:  # type: compile=False is no 0
             continue
         if key == 'lr_decay_iters' and want == 0:  # 0: the end train.py fixed when max_iters was raised
             continue  # (passing --lr_decay_iters=0 on resume would stretch the schedule mid-run)
         have = stored.get(key, settings[key])  # an older folder lacks newer settings: they had the default
-        if key == 'tokenizer':  # config.json holds the tokenizer's info; compare canonical names
-            from prepare import DataError, parse_tokenizer
-            have = have.get('name') if isinstance(have, dict) else have
-            try:
-                want = parse_tokenizer(want)[0]
-            except DataError as e:
-                raise SweepError(f"--tokenizer: {e}") from None
         if have != want:
             out[key] = (have, want)
     return out
@@ -340,7 +389,7 @@ def examine(run, settings, retry_diverged):
     if not (d / 'config.json').is_file():
         raise SweepError(f"{d}: not a run folder (no config.json) and not empty: the sweep will not replace "
                          f"it; move it away")
-    stored = runs.read_json(d / 'config.json')
+    stored = canonical_config(runs.read_json(d / 'config.json'))  # older folders: the tokenizer in today's shape
     try:
         info = runs.read_run(d)
         status, summary = info['status'], info['summary']
@@ -377,19 +426,27 @@ def examine(run, settings, retry_diverged):
     return 'resume', f"resuming from iteration {newest} ({status})", changes
 
 
+class QueueUnknown(SweepError):
+    """squeue could not say what is queued: a submitted run may still be, so it is neither done nor free."""
+
+
 def slurm_queued(tasks):
-    """{run name: task id} of this sweep's SLURM array tasks that squeue still lists."""
+    """{run name: (task id, SLURM state)} of this sweep's SLURM tasks that squeue lists (pending, running,
+    requeued...). Raises QueueUnknown when squeue fails: that is never read as "nothing queued"."""
     if not tasks:
         return {}
     if shutil.which('squeue') is None:
-        print("sweep.py: warning: sweep.json lists SLURM tasks but squeue is not on PATH here: runs still "
-              "queued there cannot be told apart from runs that never started", file=sys.stderr)
-        return {}
-    jobs = sorted({t.split('_')[0] for t in tasks.values()})
-    out = subprocess.run(['squeue', '-h', '-r', '-o', '%i', '-j', ','.join(jobs)], capture_output=True,
-                         text=True, timeout=60)
-    live = set(out.stdout.split()) if out.returncode == 0 else set()  # unknown ids: long finished
-    return {name: t for name, t in tasks.items() if t in live}
+        raise QueueUnknown("squeue is not on PATH here")
+    # all of this user's tasks, filtered here: squeue -j fails for ids SLURM has already forgotten
+    try:
+        out = subprocess.run(['squeue', '--me', '--noheader', '--array', '--format=%i %T'], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise QueueUnknown(f"squeue failed: {e}") from None
+    if out.returncode != 0:
+        raise QueueUnknown(f"squeue failed: {last_line(out.stderr) or f'exit status {out.returncode}'}")
+    states = dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+    return {name: (t, states[t]) for name, t in tasks.items() if t in states}
 
 # -----------------------------------------------------------------------------
 # progress: the status table
@@ -505,12 +562,16 @@ def signal_run(log_dir, name, signum):
         return False
 
 
-def last_line(path):
+def last_line(text):
+    lines = [l for l in text.splitlines() if l.strip()]
+    return lines[-1].strip() if lines else ''
+
+
+def last_line_of(path):
     try:
-        lines = [l for l in Path(path).read_text(errors='replace').splitlines() if l.strip()]
+        return last_line(Path(path).read_text(errors='replace'))
     except OSError:
         return ''
-    return lines[-1].strip() if lines else ''
 
 
 def run_local(jobs, sweep_dir, parallel, gpus, gpus_per_run, progress):
@@ -557,7 +618,7 @@ def run_local(jobs, sweep_dir, parallel, gpus, gpus_per_run, progress):
                 row = progress.read(name, sweep_dir / name, 'interrupted' if stops else 'failed', since)
                 message = row.get('message')
                 if row['status'] != 'completed':
-                    message = message or last_line(log_dir / f'{name}.log') or last_line(job.paths.stderr)
+                    message = message or last_line_of(log_dir / f'{name}.log') or last_line_of(job.paths.stderr)
                 progress.event(f"{name}: {row['status']}" + (f" ({message})" if message else '')
                                + (f"; console in {log_dir / name}.log" if row['status'] == 'failed' else ''))
             if stops and not announced:
@@ -575,28 +636,93 @@ def run_local(jobs, sweep_dir, parallel, gpus, gpus_per_run, progress):
     return bool(stops)
 
 
+def follow_slurm(tasks, sweep_dir, progress):
+    """--wait: the status table from squeue and the run folders, refreshed until squeue lists none of the
+    tasks ({run name: task id}); a failing squeue is waited out, never read as "all ended". Returns True if
+    Ctrl-C stopped the following (the tasks go on)."""
+    ended, problem = set(), None
+    try:
+        while len(ended) < len(tasks):
+            try:
+                listed = slurm_queued(tasks)
+            except QueueUnknown as e:
+                if str(e) != problem:
+                    progress.event(f"{e}: waiting for it to answer")
+                problem = str(e)
+                listed = None
+            for name, task in tasks.items():
+                if listed is None or name in ended:
+                    continue
+                if name in listed:
+                    row = progress.read(name, sweep_dir / name, 'starting')
+                    if listed[name][1] == 'PENDING':  # not yet started, or requeued and waiting to go on
+                        row['status'] = 'queued' if row['iter'] is None else 'requeued'
+                    elif row['status'] in ('interrupted', 'failed', 'stale'):  # what the last attempt left
+                        row['status'] = 'starting'
+                    continue
+                ended.add(name)
+                row = progress.read(name, sweep_dir / name, 'failed')
+                message = row.get('message')
+                if row['status'] != 'completed':
+                    message = message or last_line_of(sweep_dir / 'logs' / f'{name}.log') or last_line_of(
+                        sweep_dir / 'submitit' / task / f'{task}_0_log.out')
+                progress.event(f"{name}: {row['status']} (SLURM task {task})" + (f" ({message})" if message else ''))
+            progress.show()
+            if len(ended) < len(tasks):
+                time.sleep(SLURM_POLL_S)
+    except KeyboardInterrupt:
+        progress.event("Ctrl-C: stopped following; the SLURM tasks go on: the same command (with --wait) "
+                       "follows them again")
+        return True
+    return False
+
+
 def run_slurm(jobs, sweep_dir, name, args):
     """Submit the jobs as one SLURM job array through submitit; returns {run name: array task id}.
     Each task runs train.py (under torchrun for more than one GPU); at SLURM's warning before the time
     limit, or on a preemption, it saves a checkpoint and is requeued, and resumes."""
     executor = submitit.SlurmExecutor(folder=sweep_dir / 'submitit' / '%j', max_num_timeout=SLURM_MAX_REQUEUES)
-    params = dict(job_name=f'sweep_{name}', partition=args.partition, time=args.time_min, nodes=1,
-                  ntasks_per_node=1, gpus_per_node=args.gpus_per_run, signal_delay_s=SLURM_SIGNAL_DELAY_S,
-                  array_parallelism=args.parallel or len(jobs), stderr_to_stdout=True,
-                  additional_parameters=dict(requeue=True))
-    if args.account:
-        params['account'] = args.account
-    executor.update_parameters(**params)
+    executor.update_parameters(**slurm_parameters(args, name, len(jobs)))
     submitted = []
-    try:
-        with executor.batch():
+    try:  # submitit prints a refused sbatch's whole stderr: the one line below says it
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
             for _, job, _ in jobs:
                 submitted.append(executor.submit(job))
-    except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError) as e:
-        detail = getattr(e, 'output', b'') or str(e)
-        detail = detail.decode(errors='replace') if isinstance(detail, bytes) else detail
-        raise SweepError(f"sbatch failed: {detail.strip().splitlines()[-1] if detail.strip() else e}") from None
+    except (OSError, subprocess.SubprocessError, submitit.core.utils.FailedJobError,
+            submitit.core.utils.FailedSubmissionError) as e:
+        raise SweepError(f"sbatch refused the job array, nothing was submitted: {sbatch_error(e)}") from None
     return {run_name: j.job_id for (run_name, _, _), j in zip(jobs, submitted)}
+
+
+def slurm_parameters(args, name, n_jobs):
+    """submitit's SlurmExecutor parameters: one node, one task, the GPUs, CPUs and memory asked for (no GPU
+    request at all for 0: a CPU partition refuses any), and the warning before the time limit."""
+    params = dict(job_name=f'sweep_{name}', partition=args.partition, time=args.time_min, nodes=1,
+                  ntasks_per_node=1, signal_delay_s=signal_delay_s(args.time_min),
+                  array_parallelism=args.parallel or n_jobs, stderr_to_stdout=True,
+                  additional_parameters=dict(requeue=True))
+    mem = None
+    if args.mem_gb is not None:  # SLURM's units: whole G, else M
+        mem = f"{int(args.mem_gb)}G" if args.mem_gb == int(args.mem_gb) else f"{math.ceil(args.mem_gb * 1024)}M"
+    for key, value in (('gpus_per_node', args.gpus_per_run or None), ('cpus_per_task', args.cpus_per_run),
+                       ('mem', mem), ('account', args.account)):
+        if value is not None:
+            params[key] = value
+    return params
+
+
+def signal_delay_s(time_min):
+    """Seconds before the time limit that SLURM warns a task: SLURM_SIGNAL_DELAY_S, at most half the limit.
+    slurmctld looks every 30 s, so the warning comes up to 30 s earlier still, never later."""
+    return min(SLURM_SIGNAL_DELAY_S, time_min * 60 // 2)
+
+
+def sbatch_error(e):
+    """The line of a failed sbatch that says why (its first error line), from any of submitit's errors."""
+    text = getattr(e, 'stderr', None) or getattr(e, 'output', None) or str(e)
+    text = text.decode(errors='replace') if isinstance(text, bytes) else str(text)
+    errors = [l.strip() for l in text.splitlines() if 'error' in l.lower()]
+    return (errors[0] if errors else last_line(text)) or type(e).__name__
 
 
 def make_report(sweep_dir, names, tune, report_dir):
@@ -628,12 +754,22 @@ def parse_args(argv):
                     help='where the runs go (default: local)')
     ap.add_argument('--parallel', type=int, default=None,
                     help='runs at once (local default: one per visible GPU, 1 without; slurm: array tasks)')
-    ap.add_argument('--gpus_per_run', type=int, default=1,
-                    help='GPUs per run; more than 1 trains under torchrun (DDP)')
+    ap.add_argument('--gpus_per_run', type=int, default=None,
+                    help='GPUs per run; 0: none (CPU); more than 1 trains under torchrun (DDP). Default: 1 where '
+                         'there are GPUs (this machine, or the SLURM partition), else 0')
+    ap.add_argument('--cpus_per_run', type=int, default=None,
+                    help="CPU cores per run: SLURM's cpus-per-task, and the run's OMP_NUM_THREADS (default: "
+                         "SLURM's default; local: the cores shared among parallel runs)")
+    ap.add_argument('--mem_gb', type=float, default=None,
+                    help="memory per run in GB (SLURM's --mem; default: the partition's)")
     ap.add_argument('--partition', help='SLURM partition (--launcher slurm)')
     ap.add_argument('--time_min', type=int,
                     help='SLURM time limit per job in minutes; a longer run is requeued and resumes (slurm)')
     ap.add_argument('--account', help='SLURM account to charge (--launcher slurm)')
+    ap.add_argument('--wait', action='store_true',
+                    help='slurm: follow the job array until every run has ended, then write the report (exit '
+                         'status 0 only if no run failed); without it the command returns once submitted. '
+                         'The local launcher always waits')
     ap.add_argument('--dry_run', action='store_true',
                     help='print the train.py commands and their count; start nothing')
     ap.add_argument('--no_report', action='store_true', help='skip compare.py and eval_harness.py at the end')
@@ -655,8 +791,12 @@ def parse_args(argv):
         flags.append(arg)
     if args.parallel is not None and args.parallel < 1:
         raise SweepError(f"--parallel={args.parallel}: expected at least 1")
-    if args.gpus_per_run < 1:
-        raise SweepError(f"--gpus_per_run={args.gpus_per_run}: expected at least 1")
+    for opt, least in (('gpus_per_run', 0), ('cpus_per_run', 1), ('mem_gb', 0.001)):
+        value = getattr(args, opt)
+        if value is not None and not value >= least:
+            raise SweepError(f"--{opt}={value}: expected at least {least:g}")
+    if args.launcher == 'local' and args.mem_gb is not None:
+        raise SweepError("--mem_gb is for --launcher slurm (the local launcher does not limit memory)")
     if args.launcher == 'slurm':
         missing = [opt for opt in ('partition', 'time_min') if getattr(args, opt) is None]
         if missing:
@@ -695,25 +835,14 @@ def sweep(argv):
     spec = read_sweep(args.sweep_file)
     settings = load_settings(REPO / 'train.py')
     unknown_flag_hint(flags, settings)
+    if args.gpus_per_run is None:
+        args.gpus_per_run = default_gpus_per_run(args)
     sweep_dir, base_settings, planned = plan_runs(spec, flags, settings, args.gpus_per_run)
     record_path = sweep_dir / 'sweep.json'
-    record = runs.read_json(record_path) if record_path.is_file() else {}
-    queued = slurm_queued(record.get('slurm_tasks', {}))
-    problems = []
-    for run in planned:
-        if run['name'] in queued:
-            run['action'], run['changes'] = 'queued', []
-            run['detail'] = f"queued on SLURM ({queued[run['name']]}): left alone"
-            continue
-        try:
-            run['action'], run['detail'], run['changes'] = examine(run, settings, args.retry_diverged)
-        except SweepError as e:
-            problems.append(str(e))
-    if problems:
-        raise SweepError(problems[0] + (f" (and {len(problems) - 1} more run(s))" if len(problems) > 1 else ''))
-    todo = [r for r in planned if r['action'] in ('start', 'restart', 'resume', 'extend')]
+    todo = decide(planned, read_record(record_path), settings, args.retry_diverged)
 
     if args.dry_run:
+        print(f"# {launch_settings(args, len(todo))}")
         for run in planned:
             cmd = run['resume'] + run['changes'] if run['action'] in ('resume', 'extend') else run['scratch']
             if run['action'] == 'restart':
@@ -730,15 +859,18 @@ def sweep(argv):
 
     check_data(r for r in todo if r['action'] in ('start', 'restart'))
     gpus = visible_gpus() if args.launcher == 'local' else []
-    if gpus and args.gpus_per_run > len(gpus):
+    if args.launcher == 'local' and args.gpus_per_run > len(gpus):
         raise SweepError(f"--gpus_per_run={args.gpus_per_run}: this machine has {len(gpus)} visible GPU(s)")
-    parallel = args.parallel or max(1, len(gpus) // args.gpus_per_run)
+    parallel = args.parallel or max(1, len(gpus) // max(1, args.gpus_per_run))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with open(sweep_dir / 'sweep.lock', 'w') as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when this process ends, however
         except BlockingIOError:
             raise SweepError(f"{sweep_dir}: another sweep.py is running this sweep (sweep.lock)") from None
+        # again under the lock: what another sweep.py submitted or ran since is never started twice
+        record = read_record(record_path)
+        todo = decide(planned, record, settings, args.retry_diverged)
         record.update(name=spec['name'], sweep_file=spec['path'], base=spec['base'], grid=spec['grid'],
                       overrides=spec['overrides'], flags=flags, tune=spec['tune'], base_settings=base_settings,
                       runs=[dict(name=r['name'], values=r['values'], command=shlex.join(r['scratch']),
@@ -752,48 +884,129 @@ def sweep(argv):
             progress.log.close()
 
 
+def read_record(path):
+    return runs.read_json(path) if path.is_file() else {}
+
+
+def decide(planned, record, settings, retry_diverged):
+    """Sets each run's action, detail and extra resume flags (examine), after asking squeue about the runs
+    this sweep submitted to SLURM: one still queued or running there is left alone, and so is one that
+    squeue cannot account for (it fails). Returns the runs to start; raises SweepError for the first run
+    that cannot go on (and counts the others)."""
+    tasks = record.get('slurm_tasks', {})
+    try:
+        queued, unknown = slurm_queued(tasks), None
+    except QueueUnknown as e:
+        queued, unknown = {}, str(e)
+    problems = []
+    for run in planned:
+        run['changes'] = []
+        if run['name'] in queued:
+            task, state = queued[run['name']]
+            run['action'], run['detail'] = 'queued', f"{state.lower()} on SLURM ({task}): left alone"
+            continue
+        try:
+            run['action'], run['detail'], run['changes'] = examine(run, settings, retry_diverged)
+        except SweepError as e:
+            problems.append(str(e))
+            continue
+        if unknown and run['name'] in tasks and run['action'] not in ('completed', 'diverged'):
+            run['action'], run['changes'] = 'unknown', []
+            run['detail'] = (f"submitted as SLURM task {tasks[run['name']]}, and {unknown}: it may still be "
+                             f"queued, so it is left alone; run this command again once squeue works")
+    if problems:
+        raise SweepError(problems[0] + (f" (and {len(problems) - 1} more run(s))" if len(problems) > 1 else ''))
+    return [r for r in planned if r['action'] in ('start', 'restart', 'resume', 'extend')]
+
+
+def default_gpus_per_run(args):
+    """1 where there are GPUs (this machine's, or the SLURM partition's GRES), else 0."""
+    if args.launcher == 'local':
+        return 1 if visible_gpus() else 0
+    if shutil.which('sinfo') is None:
+        if not args.dry_run:
+            raise SweepError("--launcher slurm: sinfo not found on PATH to tell whether partition "
+                             f"{args.partition} has GPUs: pass --gpus_per_run")
+        return 0
+    try:
+        out = subprocess.run(['sinfo', '--noheader', f'--partition={args.partition}', '--format=%G'],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SweepError(f"sinfo failed ({e}): pass --gpus_per_run") from None
+    if out.returncode != 0:
+        raise SweepError(f"sinfo failed ({last_line(out.stderr) or out.returncode}): pass --gpus_per_run")
+    return 1 if 'gpu' in out.stdout else 0
+
+
+def launch_settings(args, n_todo):
+    """What each run is given, in words (the dry run's first line)."""
+    if args.launcher == 'local':
+        cpus = f", {args.cpus_per_run} CPU cores" if args.cpus_per_run else ''
+        return f"local: {args.parallel or 'one per GPU, or 1'} at once, {args.gpus_per_run} GPU(s){cpus} per run"
+    cpus = args.cpus_per_run or "the partition's default"
+    mem = f"{args.mem_gb:g} GB" if args.mem_gb else "the partition's default"
+    return (f"slurm: partition {args.partition}, {n_todo} task(s), {args.parallel or 'all'} at once, "
+            f"{args.time_min} min each (warned {signal_delay_s(args.time_min)} s before, then requeued), "
+            f"per run: {args.gpus_per_run} GPU(s), CPU cores {cpus}, memory {mem}"
+            + (f", account {args.account}" if args.account else ''))
+
+
 def launch(args, spec, sweep_dir, planned, todo, record, gpus, parallel, progress):
     """Start the runs to do, follow them to the end, then the report. Returns the exit code."""
     names = [r['name'] for r in planned]
+    local, on_cpu = args.launcher == 'local', args.gpus_per_run == 0
     env = {'PYTHONUNBUFFERED': '1'}
-    if args.launcher == 'local' and not gpus and parallel > 1 and 'OMP_NUM_THREADS' not in os.environ:
+    if args.cpus_per_run:
+        env['OMP_NUM_THREADS'] = str(args.cpus_per_run)
+    elif local and on_cpu and parallel > 1 and 'OMP_NUM_THREADS' not in os.environ:
         env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // parallel))  # runs share the cores
-    if args.launcher == 'local' and not gpus and sys.platform.startswith('linux'):
+    if on_cpu and sys.platform.startswith('linux'):
         # glibc would unmap and refault the logits every step: CPU steps twice as slow (BENCHMARKS.md)
         for key, value in (('MALLOC_MMAP_THRESHOLD_', '4000000000'), ('MALLOC_TRIM_THRESHOLD_', '8000000000')):
             env[key] = os.environ.get(key, value)
+    wait_s = signal_delay_s(args.time_min) * 3 // 4 if not local else 0
     jobs = [(r['name'], TrainJob(r['name'], str(r['dir']), r['scratch'], r['resume'] + r['changes'],
                                  str(sweep_dir / 'logs'), os.getcwd(), env, restart=r['action'] == 'restart',
-                                 own_session=args.launcher == 'local'), r['detail']) for r in todo]
+                                 launcher_pid=os.getpid() if local else None, checkpoint_wait_s=wait_s),
+             r['detail']) for r in todo]
     for run in planned:
         progress.read(run['name'], run['dir'], status='queued' if run in todo else run['action'])
+        if run['action'] == 'unknown':
+            progress.rows[run['name']]['status'] = 'unknown'
     left = [r for r in planned if r not in todo and r['action'] != 'completed']
     progress.event(f"sweep {spec['name']}: {len(planned)} runs in {sweep_dir}, {len(todo)} to run"
                    + (f" ({parallel} at once)" if args.launcher == 'local' and todo else '')
                    + ''.join(f"; {r['name']}: {r['detail']}" for r in left))
-    if args.launcher == 'slurm':
+    if local:
+        if run_local(jobs, sweep_dir, parallel, gpus, args.gpus_per_run, progress):
+            progress.show(final=True)
+            progress.event("stopped: the same command continues the interrupted runs from their checkpoints")
+            return 130
+    else:
         if todo:
-            record_path = sweep_dir / 'sweep.json'
             tasks = run_slurm(jobs, sweep_dir, spec['name'], args)
             record['slurm_tasks'] = dict(record.get('slurm_tasks', {}), **tasks)
-            runs.atomic_write_json(record_path, record)
+            runs.atomic_write_json(sweep_dir / 'sweep.json', record)
             job_id = next(iter(tasks.values())).split('_')[0]
-            progress.event(f"submitted {len(tasks)} run(s) as SLURM job {job_id} (logs in "
-                           f"{sweep_dir / 'submitit'}); run this command again to see where they are and, once "
-                           f"all are complete, to write the report")
-            return 0
-        stopped = False
-    else:
-        stopped = run_local(jobs, sweep_dir, parallel, gpus, args.gpus_per_run, progress)
+            progress.event(f"submitted {len(tasks)} run(s) as SLURM job {job_id} (logs in {sweep_dir / 'submitit'})"
+                           + ('' if args.wait else "; run this command again to see where they are and, once all "
+                                                   "are complete, to write the report"))
+            if not args.wait:
+                return 0
+        follow = {r['name']: record['slurm_tasks'][r['name']] for r in planned if r in todo or r['action'] == 'queued'}
+        if args.wait and follow and follow_slurm(follow, sweep_dir, progress):
+            return 130
     for run in planned:
-        if run not in todo:
+        if run not in todo and run['action'] != 'unknown':
             progress.read(run['name'], run['dir'], status=run['action'])
     progress.show(final=True)
     statuses = [progress.rows[n]['status'] for n in names]
-    if stopped:
-        progress.event("stopped: the same command continues the interrupted runs from their checkpoints")
-        return 130
-    busy = [n for n, s in zip(names, statuses) if s in ('running', 'queued', 'starting')]
+    unknown = [n for n, s in zip(names, statuses) if s == 'unknown']
+    if unknown:
+        progress.event(f"{len(unknown)} run(s) submitted earlier cannot be accounted for ({unknown[0]}: "
+                       f"{next(r['detail'] for r in planned if r['name'] == unknown[0])}); no report yet")
+        return 1
+    busy = [n for n, s in zip(names, statuses) if s in ('running', 'queued', 'starting', 'requeued')]
     if busy:
         progress.event(f"{len(busy)} run(s) still running or queued elsewhere: no report yet; run this command "
                        f"again once they are complete")

@@ -191,16 +191,64 @@ def test_tuned_table_picks_each_variants_best_learning_rate(stopped_sweep, small
         assert float(row['best_value'].split('=')[1]) == best[row['variant']], row
 
 
+def stand_in_slurm(folder, monkeypatch, sbatch='echo "Submitted batch job 1234"', squeue='exit 0'):
+    """SLURM's commands as shell snippets, first on PATH (tests/test_slurm.py runs the real ones). sbatch
+    also copies the script it is given to sbatch_script.sh and counts its calls in sbatch_calls."""
+    bin_dir = Path(folder) / 'bin'
+    bin_dir.mkdir()
+    scripts = dict(sbatch=f'cp "$1" {folder}/sbatch_script.sh\necho x >> {folder}/sbatch_calls\n{sbatch}',
+                   srun='exit 1', squeue=squeue, sinfo='echo "(null)"')  # srun: submitit looks for it, never runs it
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f'#!/bin/sh\n{body}\n')
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv('PATH', f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+def alive(pid):
+    """True while the process runs (a zombie has ended)."""
+    try:
+        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_leaves_no_run_training_and_a_rerun_resumes(small_data, tmp_path):
+    """kill -9 of sweep.py while 2 runs train: each train.py saves a checkpoint and stops (nothing trains
+    unwatched beside the next sweep), and the same command resumes both."""
+    argv = [str(write_sweep(tmp_path, 'tiny', dict(seed=[1, 2]))), f'--data_dir={small_data}',
+            f'--out_dir={tmp_path / "out"}', *TINY, '--max_iters=300', '--parallel', '2', '--no_report']
+    sweep_dir = tmp_path / 'out' / 'tiny'
+    proc = subprocess.Popen([sys.executable, 'sweep.py', *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **CPU_MALLOC_ENV))
+    deadline = time.time() + 300
+    pid_files = [sweep_dir / 'logs' / f'{name}.pid' for name in ('s1', 's2')]
+    while not all(p.is_file() for p in pid_files) or not all(
+            len((sweep_dir / n / 'metrics.csv').read_text().splitlines()) > 1 if (sweep_dir / n / 'metrics.csv').is_file()
+            else False for n in ('s1', 's2')):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.02)
+    pids = [int(p.read_text()) for p in pid_files]
+    proc.kill()
+    proc.communicate()
+    while any(alive(pid) for pid in pids):
+        assert time.time() < deadline, f"train.py still running after its sweep was killed: {pids}"
+        time.sleep(0.05)
+    for name in ('s1', 's2'):
+        run = runs.read_run(sweep_dir / name)
+        assert run['status'] == 'interrupted', run['summary']  # saved its checkpoint on the way out
+        assert 'stopped by SIGTERM' in run['summary']['message']
+    code, out = run_main(argv)
+    assert code == 0, out
+    for name in ('s1', 's2'):
+        assert re.search(rf'started {name}: resuming from iteration [1-9]\d* \(interrupted\)', out), out
+        assert runs.read_run(sweep_dir / name)['summary']['iters'] == 300
+
+
 def test_slurm_job_array_with_a_stand_in_sbatch(small_data, tmp_path, monkeypatch):
     """No cluster here: a stand-in sbatch records the script it is given and answers a job id."""
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    (bin_dir / 'sbatch').write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/sbatch_script.sh\n'
-                                    'echo "Submitted batch job 1234"\n')
-    (bin_dir / 'srun').write_text('#!/bin/sh\nexit 1\n')  # submitit looks for it; never called here
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    monkeypatch.setenv('PATH', f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    bin_dir = stand_in_slurm(tmp_path, monkeypatch)
     out_dir = tmp_path / 'out'
     argv = [str(write_sweep(tmp_path, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={small_data}',
             f'--out_dir={out_dir}', *TINY, '--gradient_accumulation_steps=2', '--launcher', 'slurm',
@@ -228,11 +276,44 @@ def test_slurm_job_array_with_a_stand_in_sbatch(small_data, tmp_path, monkeypatc
                                   f"--run_name={run['name']}"]
     assert not any((out_dir / 'tiny' / name).exists() for name in record['slurm_tasks'])  # nothing ran
     # the same command again while squeue still lists two tasks: those are left alone, the others resubmitted
-    (bin_dir / 'squeue').write_text('#!/bin/sh\necho 1234_0\necho 1234_3\n')
-    (bin_dir / 'squeue').chmod(0o755)
+    (bin_dir / 'squeue').write_text('#!/bin/sh\necho 1234_0 PENDING\necho 99_1 RUNNING\necho 1234_3 RUNNING\n')
     code, out = run_main(argv + ['--dry_run'])
-    assert '# baseline_s1: queued on SLURM (1234_0): left alone' in out and '# gqa_s2: queued on SLURM (1234_3)' in out
+    assert '# baseline_s1: pending on SLURM (1234_0): left alone' in out
+    assert '# gqa_s2: running on SLURM (1234_3): left alone' in out
     assert out.strip().splitlines()[-1].startswith('2 command(s) to run')
+    # squeue fails: the submitted runs may still be queued, so none is submitted again
+    (bin_dir / 'squeue').write_text('#!/bin/sh\necho "slurm_load_jobs error: Unable to contact slurm controller '
+                                    '(connect failure)" >&2\nexit 1\n')
+    code, out = run_main(argv)
+    assert code == 1 and (tmp_path / 'sbatch_calls').read_text().count('x') == 1, out  # the first submission only
+    assert '4 run(s) submitted earlier cannot be accounted for' in out
+    assert ('baseline_s1: submitted as SLURM task 1234_0, and squeue failed: slurm_load_jobs error: Unable to '
+            'contact slurm controller (connect failure): it may still be queued, so it is left alone') in out
+    assert re.search(r'^4 runs: 4 unknown$', out, re.M)
+    assert json.loads((out_dir / 'tiny' / 'sweep.json').read_text())['slurm_tasks'] == record['slurm_tasks']
+
+
+def test_slurm_cpu_runs_and_submit_errors_with_a_stand_in_sbatch(small_data, tmp_path, monkeypatch, capsys):
+    """A CPU partition (sinfo lists no GPU): no GPU asked for, the cores and memory given; a refused sbatch
+    is one line with its reason, and no run is recorded as submitted."""
+    refusal = 'sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified'
+    stand_in_slurm(tmp_path, monkeypatch, sbatch=f'echo "{refusal}" >&2\nexit 1')
+    out_dir = tmp_path / 'out'
+    slurm = ['--launcher', 'slurm', '--partition', 'cpu', '--cpus_per_run', '3', '--mem_gb', '2.5', '--account',
+             'nobody', '--parallel', '2']
+    argv = [str(write_sweep(tmp_path, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={small_data}', f'--out_dir={out_dir}',
+            *TINY, *slurm]
+    code, out = run_main(argv + ['--time_min', '10', '--dry_run'])
+    assert out.splitlines()[0] == ("# slurm: partition cpu, 4 task(s), 2 at once, 10 min each (warned 120 s before, "
+                                   "then requeued), per run: 0 GPU(s), CPU cores 3, memory 2.5 GB, account nobody")
+    code, out = run_main(argv + ['--time_min', '1', '--dry_run'])  # the warning: at most half the time limit
+    assert '1 min each (warned 30 s before' in out.splitlines()[0]
+    message = error_of(argv + ['--time_min', '10'], capsys)
+    assert message == f"sweep.py: error: sbatch refused the job array, nothing was submitted: {refusal}"
+    assert 'slurm_tasks' not in json.loads((out_dir / 'tiny' / 'sweep.json').read_text())
+    script = (tmp_path / 'sbatch_script.sh').read_text().splitlines()
+    assert not [line for line in script if 'gpu' in line] and '#SBATCH --cpus-per-task=3' in script
+    assert '#SBATCH --mem=2560M' in script and '#SBATCH --signal=USR2@120' in script
 
 
 def test_a_requeued_job_stops_train_py_and_resumes(tmp_path):
@@ -269,7 +350,7 @@ def test_each_local_slot_gets_its_own_gpus(tmp_path, monkeypatch):
     show = ("import os, time; print('CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES']); "
             "time.sleep(.2)")
     jobs = [(name, sweep.TrainJob(name, str(tmp_path / name), [sys.executable, '-c', show], [],
-                                  str(tmp_path / 'logs'), str(tmp_path), {}, own_session=True), 'test')
+                                  str(tmp_path / 'logs'), str(tmp_path), {}, launcher_pid=os.getpid()), 'test')
             for name in ('a', 'b')]
     progress = sweep.Progress(tmp_path / 'sweep.log', [dict(name=n, settings=dict(max_iters=1)) for n in 'ab'])
     with contextlib.redirect_stdout(io.StringIO()):
@@ -300,7 +381,10 @@ def test_each_local_slot_gets_its_own_gpus(tmp_path, monkeypatch):
     (dict(seed=[1, 2]), {}, ['--run_name=x'], "--run_name: set by the sweep"),
     (dict(seed=[1]), {}, ['--parallel', '0'], "--parallel=0: expected at least 1"),
     (dict(seed=[1, 2]), {}, ['--data_dir=/nowhere'], "s1: /nowhere/small/meta.json not found: run python prepare.py"),
-    (dict(seed=[1, 2]), {}, ['--tokenizer=bpe9'], "s1: tokenizer 'bpe9': 9 tokens is below 257"),
+    (dict(seed=[1, 2]), {}, ['--tokenizer=bpe9'], "--tokenizer: tokenizer 'bpe9': 9 tokens is below 257"),
+    (dict(n_head=[4, 5]), {}, ['--n_embd=64'], "n_head5: n_embd=64 must be divisible by n_head=5"),
+    (dict(seed=[1]), {}, ['--gpus_per_run=-1'], "--gpus_per_run=-1: expected at least 0"),
+    (dict(seed=[1]), {}, ['--mem_gb=4'], "--mem_gb is for --launcher slurm"),
 ])
 def test_bad_input_is_one_line_and_starts_nothing(tmp_path, capsys, grid, extra, flags, expected):
     argv = [str(write_sweep(tmp_path, 'bad', grid, **extra)), f'--out_dir={tmp_path / "out"}', *flags]
