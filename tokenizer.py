@@ -313,12 +313,16 @@ def tokenizer_path(info, name, folder):
 def run_tokenizer(config):
     """(canonical name, info dict or None) of the tokenizer in a config.json or a checkpoint's config,
     whatever its age: `tokenizer` is the canonical name and `tokenizer_info` the info dict; older
-    folders hold the info dict under `tokenizer`, or a spec as typed ('bpe:4096'), or nothing (GPT-2)."""
+    folders hold the info dict under `tokenizer`, or a spec as typed ('bpe:4096'), or nothing (GPT-2).
+    A name no family here knows (a run from a newer checkout) is kept as it is."""
     value = config.get('tokenizer') or 'gpt2'
     info = config.get('tokenizer_info')
     if isinstance(value, dict):
         value, info = value.get('name') or 'gpt2', value
-    name = parse_tokenizer(value)[0]
+    try:
+        name = parse_tokenizer(value)[0]
+    except DataError:
+        name = str(value)
     if info is None and name == 'gpt2':
         info = dict(GPT2_INFO)
     return name, info

@@ -140,8 +140,8 @@ def test_run_tokenizer_reads_every_shape_of_config():
         upgraded = tokenizer.canonical_config(dict(config, seed=1))
         assert (upgraded['tokenizer'], upgraded['tokenizer_info'], upgraded['seed']) == (*expect, 1)
         assert tokenizer.canonical_config(upgraded) == upgraded
-    with pytest.raises(DataError, match="unknown tokenizer 'sentencepiece'"):
-        tokenizer.run_tokenizer({'tokenizer': 'sentencepiece'})
+    unknown = dict(name='sentencepiece', vocab_size=8000, eot_token=2, sha256=None, file='sp.model')
+    assert tokenizer.run_tokenizer({'tokenizer': unknown}) == ('sentencepiece', unknown)  # read, not refused
 
 # -----------------------------------------------------------------------------
 # a new family is one class in FAMILIES: prepare.py, the bins and the loaders need nothing else
