@@ -6,6 +6,7 @@ Compare training runs: is a variant better than the baseline, beyond seed noise,
     python compare.py out --runs 'gqa_*' 'baseline_*' --report_dir comparisons/gqa
     python compare.py out --baseline 'baseline_*'           # the seed group the others are compared to
     python compare.py out --metric val_bpb                  # judge on bits per byte instead of val loss
+    python compare.py out/ladder_cpu --scaling              # loss vs FLOPs across sizes, compute multipliers
     python compare.py out/lr_sweep --tune learning_rate     # also: each variant at its own best learning rate
 
 A run is a folder with config.json and metrics.csv (train.py writes them, runs.py reads them). Runs
@@ -14,6 +15,9 @@ whose settings differ only in the seed (runs.seed_groups) form a seed group. Wri
     groups.csv / .md          per seed group: mean and std of the final values, and the difference from
                               the baseline group with its 95% interval, p-value and verdict
     tuned.csv / .md, tuned.png   with --tune: each variant at its own best value of the tuned keys
+    scaling.csv / .md, scaling.png   where a variant ran at 3+ sizes (or --scaling): final loss against training
+                              FLOPs fitted per variant, compute multipliers against the baseline (stats.py);
+                              lr_sensitivity.csv / .png where the learning rate varies as well
     *.png                     curves per seed group (mean, min-max band, runs), zoom, difference panel
     report.html               all of it on one self-contained page, with stories from each group
 
@@ -36,6 +40,8 @@ import fnmatch
 import html
 import io
 import math
+import os
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -44,11 +50,12 @@ import numpy as np
 
 import stats
 from runs import (EXPECTED_TO_DIFFER, METRIC, METRICS, SEED_GROUP_IGNORED_KEYS, STATUSES, RunError, _short,
-                  add_run_args, atomic_write_bytes, atomic_write_text, find_runs, read_layer_norms, read_run,
-                  resolve_checkpoint, seed_groups)
+                  add_run_args, atomic_write_bytes, atomic_write_text, find_runs, read_json, read_layer_norms,
+                  read_run, resolve_checkpoint, seed_groups)
 
 X_AXES = {'iter': 'iter', 'tokens': 'tokens_seen', 'time': 'elapsed_s'}  # --x: the metrics column on x
 JUDGED = ['val_loss', 'val_bpb']  # what --metric may judge on
+SPEED_PANELS = ('tokens_per_s', 'ms_per_iter', 'mfu')  # the panels a shared CPU distorts
 STATUS_LABELS = {'completed': 'completed', 'running': 'running (in progress)', 'interrupted': 'interrupted',
                  'diverged': 'diverged', 'failed': 'failed', 'stale': 'stale (process gone; resume it)',
                  'unknown': 'unknown (no summary.json)'}
@@ -60,7 +67,7 @@ RUN_COLUMNS = ['run', 'model_name', 'group', 'seed', 'status', 'tokenizer', 'n_p
                'best_val_iter', 'final_train_loss', 'wall_time_s', 'train_time_s', 'tokens_per_s', 'mfu']
 STAT_COLUMNS = ['metric', 'at_tokens', 'diff_vs_baseline', 'ci95_low', 'ci95_high', 'df', 'method', 'p_value',
                 'p_holm', 'verdict', 'diverged']
-GROUP_COLUMNS = ['group', 'model_name', 'runs', 'n', 'mean_final_val_loss', 'std_final_val_loss',
+GROUP_COLUMNS = ['group', 'model_name', 'runs', 'n', 'n_params', 'tokens_per_s', 'mean_final_val_loss', 'std_final_val_loss',
                  'mean_final_val_bpb', 'std_final_val_bpb'] + STAT_COLUMNS + ['notes']
 TUNED_COLUMNS = ['variant', 'best_value', 'values_tried'] + GROUP_COLUMNS
 # headers of the human tables (markdown, html) where the column name alone would not say enough
@@ -150,8 +157,8 @@ def compare_groups(group, baseline, metric, min_effect=stats.MIN_EFFECT):
     """group minus baseline in `metric` at the comparison point: the most tokens at which every completed
     replicate of both groups was evaluated (unfinished runs never move it; a side with no completed run
     lets its unfinished ones set it). Runs that reached it enter stats.compare_values; the others are named.
-    dict(stats.compare_values's keys, at_tokens, interpolated, left_out), or None where a side has no
-    value."""
+    dict(stats.compare_values's keys, at_tokens, interpolated, left_out, entered: (the group's runs, the
+    baseline's) that entered), or None where a side has no value."""
     sides = []
     for g in (group, baseline):
         runs = [r for r in replicates(g)[0] if usable(r)]
@@ -165,8 +172,8 @@ def compare_groups(group, baseline, metric, min_effect=stats.MIN_EFFECT):
     point, interpolated = comparison_point(setters)
     if point is None:
         return None
-    values, left_out = [{}, {}], []
-    for by_seed, side in zip(values, sides):
+    values, left_out, entered = [{}, {}], [], ([], [])
+    for by_seed, side, runs_in in zip(values, sides, entered):
         for r, x, y in side:
             value, between = value_at(x, y, point)
             if value is None:
@@ -174,19 +181,29 @@ def compare_groups(group, baseline, metric, min_effect=stats.MIN_EFFECT):
                 continue
             interpolated |= between
             by_seed[r['config'].get('seed')] = value
-    result = stats.compare_values(values[0], values[1], pairing_note=pairing_note(group, baseline))
+            runs_in.append(r)
+    result = stats.compare_values(values[0], values[1], pairing_note=pairing_note(group, baseline, metric))
     if result is None:
         result = dict(diff=None, low=None, high=None, df=None, p=None, method=None, n=len(values[0]),
                       n_base=len(values[1]), paired=False)
     elif interpolated:
         result['method'] += '; interpolated between evaluations'
-    return dict(result, at_tokens=int(point), interpolated=interpolated, left_out=left_out)
+    return dict(result, at_tokens=int(point), interpolated=interpolated, left_out=left_out, entered=entered)
 
 
-def pairing_note(group, baseline):
-    """What a pair of runs shares beyond its seed: the batches only where both ran on one tokenizer."""
-    names = {tokenizer_name(r['config']) for r in group['runs'] + baseline['runs']}
-    return 'same seeds; different tokenizers, so not the same batches' if len(names) > 1 else ''
+def pairing_note(group, baseline, metric):
+    """What a pair of runs shares beyond its seed: the batches only where both ran on one tokenizer; across
+    tokenizers val_bpb scores the same bytes only where config.json's val_bpb_text (train.py) agrees."""
+    runs_ = group['runs'] + baseline['runs']
+    if len({tokenizer_name(r['config']) for r in runs_}) == 1:
+        return ''
+    texts = {str((r['config'].get('val_bpb_text') or {}).get('sha256')) for r in runs_}
+    if metric != 'val_bpb':
+        return 'same seeds; different tokenizers, so not the same batches'
+    if len(texts) == 1 and texts != {'None'}:
+        return 'same seeds, val_bpb on the same validation bytes; different tokenizers, so not the same batches'
+    return 'same seeds; different tokenizers, so not the same batches, and val_bpb not on the same bytes'
+
 
 # -----------------------------------------------------------------------------
 # loading runs and their per-run numbers
@@ -205,11 +222,9 @@ def load_runs(paths):
 
 
 def tokenizer_name(config):
-    """The tokenizer a run was trained on: config['tokenizer'] is its info dict (older runs: GPT-2)."""
-    info = config.get('tokenizer')
-    if isinstance(info, dict):
-        return str(info.get('name') or 'gpt2')
-    return str(info or 'gpt2')
+    """The tokenizer a run was trained on: its canonical name (runs.read_run reads every folder's
+    config.json in today's shape, older ones included)."""
+    return config['tokenizer']
 
 
 def number(v):
@@ -331,9 +346,12 @@ def group_table(groups, baseline, rows, metric, min_effect=stats.MIN_EFFECT):
         result = compare_groups(group, baseline, metric, min_effect) if group is not baseline else None
         notes = group_notes(group, rows) + (result['left_out'] if result else [])
         k, n_outcomes = divergence(group)
+        kept = replicates(group)[0]
+        speeds = [rows[r['name']]['tokens_per_s'] for r in kept if rows[r['name']]['tokens_per_s'] is not None]
         row = dict(group=group['label'], model_name=group['model_name'],
                    runs=' '.join(r['name'] for r in group['runs']), metric=metric,
-                   n=len(final_values(group, rows, f'final_{metric}')), diverged=f'{k} of {n_outcomes}',
+                   n=len(final_values(group, rows, f'final_{metric}')), n_params=rows[kept[0]['name']]['n_params'],
+                   tokens_per_s=float(np.mean(speeds)) if speeds else None, diverged=f'{k} of {n_outcomes}',
                    notes='; '.join(notes))
         for column in ('val_loss', 'val_bpb'):
             summary = stats.describe(final_values(group, rows, f'final_{column}'))
@@ -511,9 +529,10 @@ def on_grid(curves):
     return grid, np.array([np.interp(grid, x, y) for x, y in curves]).reshape(len(curves), len(grid))
 
 
-def draw_groups(ax, groups, key, x_key, colors):
-    """Each group's runs as thin lines, the mean over its usable runs with a min-max band."""
-    for g in groups:
+def draw_groups(ax, groups, key, x_key, colors, baseline=None):
+    """Each group's runs as thin lines, the mean over its usable runs with a min-max band; the baseline's
+    mean last, dashed in black over the others, so no group's line hides it."""
+    for g in [g for g in groups if g is not baseline] + ([baseline] if baseline else []):
         color = colors[g['label']]
         curves = []
         for r in g['runs']:
@@ -527,6 +546,8 @@ def draw_groups(ax, groups, key, x_key, colors):
                     marker='o' if len(grid) <= 25 else None, ms=3)
             if len(curves) > 1:
                 ax.fill_between(grid, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
+            if g is baseline:
+                ax.plot(grid, ys.mean(0), color='black', lw=1.2, ls='--', zorder=5, label='baseline mean')
 
 
 def _finish(fig, axes):
@@ -542,23 +563,24 @@ def _finish(fig, axes):
     return _png(fig)
 
 
-def panel_figure(groups, columns, x_key, colors):
-    """One subplot per metric of a METRICS panel; log y where the values span more than a factor of 20."""
+def panel_figure(groups, columns, x_key, colors, note=None):
+    """One subplot per metric of a METRICS panel; log y where the values span more than a factor of 20;
+    note (a caveat) under each title."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(columns), figsize=(6.5 * len(columns), 4.2), squeeze=False)
     for ax, column in zip(axes[0], columns):
         draw_groups(ax, groups, column, x_key, colors)
         if ax.dataLim.y0 > 0 and ax.dataLim.y1 / ax.dataLim.y0 > 20:
             ax.set_yscale('log')
-        ax.set(xlabel=label(x_key), ylabel=label(column), title=column)
+        ax.set(xlabel=label(x_key), ylabel=label(column), title=column + (f'\n({note})' if note else ''))
     return _finish(fig, axes[0])
 
 
-def zoom_figure(groups, metric, x_key, colors):
+def zoom_figure(groups, baseline, metric, x_key, colors):
     """The judged metric on the second half of training, y fitted to it: where the differences are."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    draw_groups(ax, groups, metric, x_key, colors)
+    draw_groups(ax, groups, metric, x_key, colors, baseline)
     curves = [curve(r, metric, x_key) for g in groups for r in g['runs'] if usable(r)]
     curves = [(x, y) for x, y in curves if len(x)]
     x_max = max((x[-1] for x, _ in curves), default=0.0)
@@ -573,25 +595,71 @@ def zoom_figure(groups, metric, x_key, colors):
     return _finish(fig, [ax])
 
 
+def difference_curves(group, baseline, metric):
+    """What the verdict tests, along training: the runs that entered the group's verdict against the
+    baseline's, through stats.compare_values at each token count both cover. dict(grid, results (one per
+    grid point), per_seed (each seed's difference where the test is paired, else []), verdict: the
+    verdict's own result), or None where there is no difference to draw."""
+    result = compare_groups(group, baseline, metric)
+    if not result or result['diff'] is None:
+        return None
+    side, base = result['entered']
+    seeds, base_seeds = [r['config'].get('seed') for r in side], [r['config'].get('seed') for r in base]
+    grid, ys = on_grid([curve(r, metric) for r in side + base])
+    g, b = ys[:len(side)], ys[len(side):]
+    results = [stats.compare_values(dict(zip(seeds, g[:, j])), dict(zip(base_seeds, b[:, j])))
+               for j in range(len(grid))]
+    per_seed = [g[i] - b[base_seeds.index(seed)] for i, seed in enumerate(seeds)] if result['paired'] else []
+    return dict(grid=grid, results=results, per_seed=per_seed, verdict=result)
+
+
 def difference_figure(groups, baseline, metric, colors):
-    """Each group's mean minus the baseline's at equal tokens; band: min-max of its runs minus that mean."""
+    """difference_curves per group: the difference (thick), its 95% interval (band), each seed's
+    difference where paired (thin), and the verdict's own point and interval (a diamond with error bar)."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    base = [c for c in (curve(r, metric) for r in baseline['runs'] if usable(r)) if len(c[0])]
     for g in groups:
-        runs_ = [c for c in (curve(r, metric) for r in g['runs'] if usable(r)) if len(c[0])]
-        if g is baseline or not base or not runs_:
+        d = difference_curves(g, baseline, metric) if g is not baseline else None
+        if d is None:
             continue
-        grid, ys = on_grid(runs_ + base)
-        diffs = ys[:len(runs_)] - ys[len(runs_):].mean(0)
-        ax.plot(grid, diffs.mean(0), color=colors[g['label']], lw=2, label=f"{g['label']} (n={len(runs_)})",
-                marker='o' if len(grid) <= 25 else None, ms=3)
-        if len(runs_) > 1:
-            ax.fill_between(grid, diffs.min(0), diffs.max(0), color=colors[g['label']], alpha=0.2, lw=0)
+        color, grid, verdict_result = colors[g['label']], d['grid'], d['verdict']
+        for diffs in d['per_seed']:
+            ax.plot(grid, diffs, color=color, lw=0.6, alpha=0.5)
+        paired = 'paired, ' if verdict_result['paired'] else ''
+        ax.plot(grid, [r['diff'] for r in d['results']], color=color, lw=2,
+                label=f"{g['label']} ({paired}n={verdict_result['n']})", marker='o' if len(grid) <= 25 else None, ms=3)
+        bound = lambda key: np.array([np.nan if r[key] is None else r[key] for r in d['results']])
+        ax.fill_between(grid, bound('low'), bound('high'), color=color, alpha=0.18, lw=0)
+        if verdict_result['low'] is not None:
+            diff = verdict_result['diff']
+            ax.errorbar([verdict_result['at_tokens']], [diff], color=color, capsize=4, lw=1.5, fmt='D', ms=5,
+                        yerr=[[diff - verdict_result['low']], [verdict_result['high'] - diff]])
     ax.axhline(0.0, color='black', lw=0.9)
     ax.set(xlabel=label('tokens_seen'), ylabel=f'difference in {label(metric)}',
            title=f"{metric} minus baseline ({baseline['label']}), below 0 = better")
     return _finish(fig, [ax])
+
+
+def layer_color(cmap, depth, n_layers):
+    """tab10's own colours one by one; a continuous map spread over the depth."""
+    return cmap(depth) if cmap.N <= 10 else cmap(depth / max(1, n_layers - 1))
+
+
+def log_axis_with_labelled_ends(axes):
+    """Log y (shared by these axes) whose labelled ticks (1, 2, 5 per decade) enclose every value: none
+    falls below the lowest label, as a plain log axis lets a value of 8 under a lowest label of 10."""
+    from matplotlib import ticker
+    ax = axes[0]
+    ax.set_yscale('log')
+    lo, hi = min(a.dataLim.y0 for a in axes), max(a.dataLim.y1 for a in axes)
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
+        return
+    steps = lambda e: [m * 10.0 ** e for m in (1, 2, 5)]
+    ticks = [t for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1) for t in steps(e)]
+    ax.set_ylim(max(t for t in ticks if t <= lo), min(t for t in ticks if t >= hi and t > lo))
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def layer_norm_figure(loaded, x_key):
@@ -607,7 +675,9 @@ def layer_norm_figure(loaded, x_key):
             print(f"compare.py: {run['name']}: layer norms not plotted: {e}", file=sys.stderr)
             all_norms.append(None)
     layer_lists = {tuple(dict.fromkeys(n['layer'])) for n in all_norms if n and n['iter']}
-    cmap = plt.get_cmap('viridis')
+    most = max((len(names) for names in layer_lists), default=1)
+    # distinct colours while they are few (viridis puts embed and block_0 in near-identical purples)
+    cmap = plt.get_cmap('tab10' if most <= 10 else 'turbo')
     fig, axes = plt.subplots(len(loaded), 2, figsize=(12, 2.6 * len(loaded) + 0.8), squeeze=False,
                              sharex=True, sharey='col', layout='constrained')
     for i, (row, run, norms) in enumerate(zip(axes, loaded, all_norms)):
@@ -627,16 +697,17 @@ def layer_norm_figure(loaded, x_key):
             for depth, layer in enumerate(layers):
                 sel = (names == layer) & np.isfinite(values) & (values > 0) & np.isfinite(xs)
                 if sel.any():
-                    ax.plot(xs[sel], values[sel], color=cmap(depth / max(1, len(layers) - 1)), lw=1.1)
-            ax.set_yscale('log')  # the embedding's norm is far above the blocks': log keeps both readable
+                    ax.plot(xs[sel], values[sel], color=layer_color(cmap, depth, most), lw=1.1)
             status = '' if run['status'] == 'completed' else f" [{STATUS_LABELS[run['status']]}]"
             name = key.replace('_', ' ')
             ax.set(xlabel=label(x_key) if i == len(loaded) - 1 else None, ylabel=f'{name} (log)',
                    title=f"{run['name']}{status}: {name} per layer")
             ax.grid(alpha=0.3)
+    for column in axes.T:  # the embedding's norm is far above the blocks': log keeps both readable
+        log_axis_with_labelled_ends([ax for ax in column if ax.has_data()] or list(column))
     if len(layer_lists) == 1:  # every run has the same layers: name each colour
         names = next(iter(layer_lists))
-        colors = ListedColormap([cmap(d / max(1, len(names) - 1)) for d in range(len(names))])
+        colors = ListedColormap([layer_color(cmap, d, most) for d in range(len(names))])
         bar = fig.colorbar(ScalarMappable(BoundaryNorm(np.arange(len(names) + 1) - 0.5, len(names)), colors),
                            ax=axes.ravel().tolist(), ticks=range(len(names)), shrink=0.6)
         bar.ax.set_yticklabels(names)
@@ -681,7 +752,7 @@ def tuned_figure(variants, keys, metric, rows, colors):
     return _finish(fig, [ax])
 
 
-def make_plots(loaded, groups, baseline, rows, metric, x, tuned=None):
+def make_plots(loaded, groups, baseline, rows, metric, x, tuned=None, speed_caveat=None):
     """[(file name, heading, png bytes)]: the loss panels, the zoom, the difference from the baseline,
     with --tune the tuned plot, a figure per other METRICS panel that has data, the per-layer norms."""
     import matplotlib
@@ -697,16 +768,24 @@ def make_plots(loaded, groups, baseline, rows, metric, x, tuned=None):
     def panel_plot(panel):
         columns = panels[panel]
         what = f'{columns[0]} ({label(columns[0])})' if len(columns) == 1 else ' and '.join(columns)
-        return (f'{panel}.png', f"{what} per seed group against {label(x_key)}: mean over its seeds (thick), "
-                f"min-max (band), each run (thin)", panel_figure(groups, columns, x_key, group_colors))
+        heading = (f"{what} per seed group against {label(x_key)}: mean over its seeds (thick), min-max "
+                   f"(band), each run (thin)")
+        note = speed_caveat if panel in SPEED_PANELS else None
+        if note:
+            heading += f'. Caveat: {note}'
+        short = 'runs shared a CPU: contention, not model speed' if note else None
+        return f'{panel}.png', heading, panel_figure(groups, columns, x_key, group_colors, short)
 
     judged_panels = [p for p, columns in panels.items() if any(c in JUDGED for c in columns)]
     plots = [panel_plot(p) for p in judged_panels]
     plots.append(('zoom.png', f'{metric} over the second half of training (zoomed in: the differences are '
-                  f'here)', zoom_figure(groups, metric, x_key, group_colors)))
+                  f'here; dashed black: the baseline mean)', zoom_figure(groups, baseline, metric, x_key,
+                                                                          group_colors)))
     if len(groups) > 1:
-        plots.append(('diff_vs_baseline.png', f"Difference from the baseline: each group's mean {metric} "
-                      f"minus the baseline's, at equal tokens (band: min-max of its runs minus that mean)",
+        plots.append(('diff_vs_baseline.png', f"Difference from the baseline in {metric}, as the verdict tests "
+                      f"it: at each token count the runs that entered the verdict, paired by seed where the "
+                      f"table pairs them (thin: each seed's difference), else Welch; band: the "
+                      f"{stats.CONFIDENCE:.0%} interval; diamond: the verdict's point and interval",
                       difference_figure(groups, baseline, metric, group_colors)))
     if tuned:
         variants, keys = tuned
@@ -726,7 +805,7 @@ def make_plots(loaded, groups, baseline, rows, metric, x, tuned=None):
 
 
 def draw_stories(groups, device):
-    """[(group label, heading, continuations or None, note)]: sample.REPORT_PROMPTS continued by the first
+    """[(group label, heading, continuations or None, note)]: generate.REPORT_PROMPTS continued by the first
     run with a checkpoint in each group (its newest checkpoint; fixed seed)."""
     out = []
     for g in groups:
@@ -741,7 +820,7 @@ def draw_stories(groups, device):
             out.append((g['label'], None, None, 'no checkpoints in any of its runs: nothing to sample from'))
             continue
         run, step = found
-        import sample  # torch: only where there is a model to load
+        import generate  # torch: only where there is a model to load
         import torch
         block_size = run['config'].get('block_size')
         max_new = min(STORY_TOKENS, block_size - 1) if isinstance(block_size, int) else STORY_TOKENS
@@ -749,7 +828,7 @@ def draw_stories(groups, device):
         if device == 'cpu':  # 3 short rows: threads do not pay, and on a busy CPU they spin (10x slower)
             torch.set_num_threads(1)
         try:
-            texts = sample.generate_stories(run['dir'], sample.REPORT_PROMPTS, step=None, num_samples=1,
+            texts = generate.generate_stories(run['dir'], generate.REPORT_PROMPTS, step=None, num_samples=1,
                                             max_new_tokens=max_new, temperature=STORY_TEMPERATURE,
                                             top_k=STORY_TOP_K, seed=STORY_SEED, device=device)
         except (ValueError, OSError) as e:  # RunError, CheckpointError, DataError: one line each
@@ -762,8 +841,8 @@ def draw_stories(groups, device):
 
 
 def stories_html(stories):
-    import sample
-    prompts = sample.REPORT_PROMPTS
+    import generate
+    prompts = generate.REPORT_PROMPTS
     head = ''.join(f'<th>{html.escape(name)}<br><small>{html.escape(where or "")}</small></th>'
                    for name, where, _, _ in stories)
     body = ''
@@ -779,6 +858,204 @@ def stories_html(stories):
             f"{STORY_TEMPERATURE}, top_k {STORY_TOP_K}, seed {STORY_SEED}, up to {STORY_TOKENS} tokens, from "
             f"the newest checkpoint of its first run that has one.</p>"
             f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>')
+
+# -----------------------------------------------------------------------------
+# scaling: final loss against training compute across model sizes (the math: stats.scaling_analysis)
+
+SIZE_KEYS = ('n_layer', 'n_embd', 'n_head', 'max_iters', 'batch_size', 'block_size', 'gradient_accumulation_steps')
+SCALING_COLUMNS = ['variant', 'size', 'train_flops', 'final', 'baseline_final', 'compute_multiplier',
+                   'multiplier_low95', 'multiplier_high95', 'multiplier_verdict', 'notes']
+FIT_COLUMNS = ['variant', 'sizes', 'E', 'E_ci95', 'A', 'alpha', 'alpha_ci95', 'r2', 'trend_per_10x',
+               'trend_ci95', 'notes']
+LR_COLUMNS = ['variant', 'size', 'learning_rates', 'best_lr', 'best_lr_ci95', 'best_final', 'rise_at_2x',
+              'rise_at_half', 'notes']
+HOW_TO_READ_SCALING = (
+    "Each variant's final {metric} (mean over seeds) is fitted against its training FLOPs with "
+    "L(C) = E + A*C^-alpha. compute_multiplier: the compute the baseline's fit needs to reach the variant's "
+    "loss, over the variant's own compute: 2.0 = the variant is worth doubling the baseline's compute, 0.5 = "
+    "it wastes half. Its interval is a percentile bootstrap over seeds (the same seeds drawn for both: same "
+    "seed, same batches); the verdict holds where the whole interval is on one side of 1. trend_per_10x: "
+    "the variant's loss minus the baseline's fitted loss at the same compute, per 10x compute (negative: the "
+    "variant gains with scale). Trust it less with 3 sizes (the fit passes through them), with 2 seeds (the "
+    "bootstrap then sees only 3 values per size and its interval is too narrow), and where a note says the "
+    "baseline's fit was read beyond 4x its largest run.")
+
+
+def train_flops(run, row):
+    """Training FLOPs up to the final val loss: config.json's flops_per_token (train.py, from
+    model.flops_per_token: 6 x parameters plus attention) times the tokens seen there. None for runs
+    trained before FLOPs were recorded."""
+    per_token = number(run['config'].get('flops_per_token'))
+    tokens = row['final_val_tokens']
+    return per_token * tokens if per_token is not None and tokens is not None else None
+
+
+def size_label(config):
+    """'4x128, 0.5M tok': layers x width and the token budget: the same for every variant at one size."""
+    tokens = number(config.get('tokens_per_iter')) or (config.get('batch_size', 0) * config.get('block_size', 0)
+                                                       * config.get('gradient_accumulation_steps', 1))
+    return f"{config.get('n_layer')}x{config.get('n_embd')}, {tokens * config.get('max_iters', 0) / 1e6:.3g}M tok"
+
+
+def scaling_cells(groups, rows, metric):
+    """{variant (model_name): {size label: {learning rate: [(seed, final metric, flops)]}}} over the usable
+    completed runs (one per seed), and the runs or groups left out, as warnings."""
+    cells, warnings, seen = {}, [], {}
+    for g in groups:
+        cfg = g['runs'][0]['config']
+        key = (g['model_name'], tuple(cfg.get(k) for k in SIZE_KEYS), cfg.get('learning_rate'))
+        if key in seen:
+            warnings.append(f"scaling: {g['label']} left out: same model_name, size and learning rate as "
+                            f"{seen[key]} (tell them apart by model_name)")
+            continue
+        seen[key] = g['label']
+        points = []
+        for run in replicates(g)[0]:
+            row = rows[run['name']]
+            flops, value = train_flops(run, row), row[f'final_{metric}']
+            if run['status'] != 'completed' or value is None:
+                continue
+            if flops is None:
+                warnings.append(f"scaling: {run['name']} left out: its config.json has no flops_per_token "
+                                f"(trained before FLOPs were recorded)")
+                continue
+            points.append((run['config'].get('seed'), value, flops))
+        if points:
+            by_size = cells.setdefault(g['model_name'], {}).setdefault(size_label(cfg), {})
+            by_size[cfg.get('learning_rate')] = points
+    return cells, warnings
+
+
+def scaling_report(groups, baseline, rows, metric, forced):
+    """The scaling section: fits, compute multipliers and (where the learning rate varies) learning-rate
+    sensitivity, as tables and two plots. None where no variant has runs at 3 sizes (unless forced:
+    --scaling, then an error). dict(texts, plots, html, console, warnings)."""
+    cells, warnings = scaling_cells(groups, rows, metric)
+    base_variant = baseline['model_name']
+    if max((len(s) for s in cells.values()), default=0) < 3 or base_variant not in cells:
+        if forced:
+            have = '; '.join(f"{v}: {len(s)}" for v, s in cells.items()) or 'no completed runs with FLOPs'
+            fail(f"--scaling needs the baseline ({base_variant}) and a variant completed at 3 or more sizes "
+                 f"(sizes per model_name: {have})")
+        return None
+    fmt = lambda v, spec='.4g': '' if v is None else format(v, spec)
+    span = lambda ci, spec='.4g': f'[{fmt(ci[0], spec)}, {fmt(ci[1], spec)}]'
+    # learning rates: each (variant, size) at its best; its sensitivity where there are several
+    by_variant, lr_rows = {}, []
+    for variant, sizes in cells.items():
+        for size, by_lr in sizes.items():
+            means = {lr: np.mean([v for _, v, _ in pts]) for lr, pts in by_lr.items()}
+            best = min(means, key=means.get)
+            seeds = {seed: value for seed, value, _ in by_lr[best]}
+            by_variant.setdefault(variant, {})[size] = (float(np.mean([f for _, _, f in by_lr[best]])), seeds)
+            if len(by_lr) >= 2 and all(isinstance(lr, (int, float)) for lr in by_lr):
+                s = stats.lr_sensitivity({lr: {seed: v for seed, v, _ in pts} for lr, pts in by_lr.items()})
+                lr_rows.append(dict(variant=variant, size=size, learning_rates=', '.join(f'{lr:g}' for lr in s['lrs']),
+                                    best_lr=fmt(s['best_lr'], '.3g'), best_lr_ci95=span((s['low'], s['high']), '.3g'),
+                                    best_final=fmt(s['best_loss']), rise_at_2x=fmt(s['up_2x'], '+.4f'),
+                                    rise_at_half=fmt(s['down_half'], '+.4f'),
+                                    notes='best at the edge of the values tried' if s['at_edge'] else '',
+                                    _curve=s))
+    result = stats.scaling_analysis(by_variant, base_variant)
+    warnings += [f'scaling: {w}' for w in result['warnings']]
+    if lr_rows:
+        warnings.append('scaling: each variant and size at its best learning rate, picked on the same runs '
+                        '(a slight bias to variants tried at more values)')
+    fit_rows = []
+    for variant, fit in result['fits'].items():
+        trend = result['trends'].get(variant)
+        fit_rows.append(dict(variant=variant, sizes=fit['n'], E=fmt(fit['E']), E_ci95=span(fit['E_ci']),
+                             A=fmt(fit['A']), alpha=fmt(fit['alpha'], '.3g'), alpha_ci95=span(fit['alpha_ci'], '.3g'),
+                             r2=fmt(fit['r2'], '.4f'), trend_per_10x=fmt(trend and trend['slope'], '+.4f'),
+                             trend_ci95=span((trend['low'], trend['high']), '+.4f') if trend else '',
+                             notes='; '.join(fit['warnings'])))
+    csv_rows, shown = [], []
+    for r in result['multipliers']:
+        csv_rows.append(dict(variant=r['variant'], size=r['size'], train_flops=r['flops'], final=r['loss'],
+                             baseline_final=r['baseline_loss'], compute_multiplier=r['multiplier'],
+                             multiplier_low95=r['low'], multiplier_high95=r['high'],
+                             multiplier_verdict=r['verdict'], notes=r['notes']))
+        shown.append(dict(csv_rows[-1], train_flops=f"{r['flops']:.3g}", final=fmt(r['loss']),
+                          baseline_final=fmt(r['baseline_loss']), compute_multiplier=f"{r['multiplier']:.3g}x",
+                          multiplier_low95=f"{r['low']:.3g}x", multiplier_high95=f"{r['high']:.3g}x",
+                          size=r['size'] + (' (largest)' if r['largest'] else '')))
+    headline = [f"{r['variant']}: {r['multiplier']:.2f}x [{r['low']:.2f}, {r['high']:.2f}] at {r['size']}: "
+                f"{r['verdict']}" for r in result['multipliers'] if r['largest']]
+    how = HOW_TO_READ_SCALING.format(metric=metric)
+    md = [f'# Scaling: final {metric} against training FLOPs', '', f'Baseline: **{base_variant}**.', '', how, '',
+          '## Compute multipliers', ''] + [f'- {h}' for h in headline] + ['', to_markdown(shown, SCALING_COLUMNS),
+                                                                           '## Fits', '', to_markdown(fit_rows, FIT_COLUMNS)]
+    parts = [f'<h2>Scaling: final {metric} against training FLOPs</h2>', f'<p>{html.escape(how)}</p>',
+             '<ul>' + ''.join(f'<li><b>{html.escape(h)}</b></li>' for h in headline) + '</ul>',
+             to_html_table(shown, SCALING_COLUMNS), to_html_table(fit_rows, FIT_COLUMNS)]
+    texts = {'scaling.csv': to_csv(csv_rows, SCALING_COLUMNS)}
+    if lr_rows:
+        md += ['## Learning-rate sensitivity', '', to_markdown(lr_rows, LR_COLUMNS)]
+        parts += ['<h3>Learning-rate sensitivity</h3>', to_html_table(lr_rows, LR_COLUMNS)]
+        texts['lr_sensitivity.csv'] = to_csv(lr_rows, LR_COLUMNS)
+    if warnings:
+        md += ['## Warnings', ''] + [f'- {w}' for w in warnings] + ['']
+    texts['scaling.md'] = '\n'.join(md)
+    plots = [('scaling.png', f"Final {metric} against training FLOPs (log-log): seed means with their min-max, "
+              f"each variant's fit L(C) = E + A*C^-alpha (dashed: extrapolated, beyond the largest run), and the "
+              f"compute multiplier against the baseline with its {stats.CONFIDENCE:.0%} interval",
+              scaling_figure(result, base_variant, metric))]
+    if lr_rows:
+        plots.append(('lr_sensitivity.png', f"Final {metric} against the learning rate, each variant and size "
+                      f"(seed means; star: the best learning rate, from a parabola in log lr)", lr_figure(lr_rows, metric)))
+    return dict(texts=texts, plots=plots, html='\n'.join(parts), console=headline, warnings=warnings)
+
+
+def scaling_figure(result, base_variant, metric):
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+    fig, (ax, mx) = plt.subplots(1, 2, figsize=(13, 4.6))
+    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for i, (variant, fit) in enumerate(result['fits'].items()):
+        color = 'black' if variant == base_variant else colors[i % len(colors)]
+        c = np.array([p[1] for p in fit['points']])
+        mean = np.array([p[2] for p in fit['points']])
+        lo, hi = mean - [p[3].min() for p in fit['points']], [p[3].max() for p in fit['points']] - mean
+        ax.errorbar(c, mean, yerr=[lo, hi], fmt='o', color=color, capsize=3, label=f'{variant} (seed means)')
+        inside = np.geomspace(c.min(), c.max(), 100)
+        beyond = np.geomspace(c.max(), c.max() * stats.EXTRAPOLATION_LIMIT, 30)
+        ax.plot(inside, stats.power_law(fit, inside), color=color, lw=1.5,
+                label=f"{variant} fit: E={fit['E']:.3g}, alpha={fit['alpha']:.3g}")
+        ax.plot(beyond, stats.power_law(fit, beyond), color=color, lw=1.5, ls='--',
+                label=f'{variant} fit, extrapolated' if i == 0 else None)
+        rows = [r for r in result['multipliers'] if r['variant'] == variant]
+        if rows:
+            m = np.array([r['multiplier'] for r in rows])
+            err = [m - [r['low'] for r in rows], [r['high'] for r in rows] - m]
+            mx.errorbar([r['flops'] for r in rows], m, yerr=np.clip(err, 0, 1e6), fmt='o-', color=color,
+                        capsize=3, label=variant)
+    ax.set(xscale='log', yscale='log', xlabel='training FLOPs', ylabel=f'final {label(metric)}',
+           title='loss against compute (dashed: extrapolated)')
+    mx.axhline(1.0, color='black', lw=1, ls=':')
+    mx.set(xscale='log', yscale='log', xlabel='training FLOPs (the variant\'s)',
+           ylabel=f'compute multiplier vs {base_variant}', title='compute multiplier (above 1: variant better)')
+    for a in (ax, mx):
+        a.yaxis.set_major_formatter(ticker.FormatStrFormatter('%.3g'))
+        a.yaxis.set_minor_formatter(ticker.FormatStrFormatter('%.3g'))
+        a.grid(alpha=0.3, which='both')
+        a.legend(fontsize='small')
+    fig.tight_layout()
+    return _png(fig)
+
+
+def lr_figure(lr_rows, metric):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for r in lr_rows:
+        s = r['_curve']
+        line, = ax.plot(s['lrs'], s['means'], marker='o', label=f"{r['variant']} {r['size']}")
+        ax.plot([s['best_lr']], [s['best_loss']], marker='*', ms=12, color=line.get_color())
+    ax.set(xscale='log', xlabel='learning rate', ylabel=f'final {label(metric)} (seed mean)',
+           title='learning-rate sensitivity')
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize='small')
+    fig.tight_layout()
+    return _png(fig)
 
 # -----------------------------------------------------------------------------
 # the report
@@ -815,29 +1092,139 @@ def groups_markdown(table, baseline_label, why, warnings, notes):
     return '\n'.join(lines)
 
 
-STYLE = ('body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;'
+STYLE = ('body{font-family:sans-serif;margin:1.2em 2em;max-width:1400px}table{border-collapse:collapse;'
          'font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;'
          'vertical-align:top}th{background:#f3f3f3}.warn{color:#a40}.scroll{overflow-x:auto}'
-         'td.story{min-width:260px;max-width:420px;white-space:pre-wrap;font-size:12px}'
+         'h1{font-size:1.4em;margin:0.3em 0}p.lead{margin:0.3em 0;max-width:1150px}'
+         'table.board td{max-width:330px;overflow-wrap:anywhere}table.board td.num{text-align:right;'
+         'white-space:nowrap}tr.base td{font-weight:bold;background:#f7f7f7}td.better{color:#070}'
+         'td.worse{color:#b00}td.story{min-width:260px;max-width:420px;white-space:pre-wrap;font-size:12px}'
          'img{max-width:100%;display:block;margin:1em 0}')
+BOARD_HEADERS = ['#', 'group', 'n', 'params', 'diff [95% interval]', 'p (Holm)', 'verdict', 'diverged', 'tokens/s']
 
 
-def report_html(run_table, table, tuned, plots, stories, baseline_label, why, warnings, notes, runs_dir, x):
+def leaderboard(table):
+    """The group table ranked by the difference from the baseline (lowest first, the baseline at 0);
+    groups without a difference last, in their order."""
+    def key(row):
+        if row is table[0]:
+            return (0, 0.0)
+        diff = row['diff_vs_baseline']
+        return (1, 0.0) if diff is None else (0, diff)
+    return sorted(table, key=key)
+
+
+def leaderboard_html(table, baseline_label, metric, speed_caveat):
+    """The answer first: one line per seed group, ranked by its difference from the baseline."""
     e = html.escape
+    points = {row['at_tokens'] for row in table[1:] if row['at_tokens'] is not None}
+    at = f' at {next(iter(points)):,} tokens' if len(points) == 1 else ' at each row\'s at_tokens (full table)'
+    lines = []
+    for rank, row in enumerate(leaderboard(table), start=1):
+        diff, low, high = row['diff_vs_baseline'], row['ci95_low'], row['ci95_high']
+        if row is table[0]:
+            shown = '0 (baseline)'
+        elif diff is None:
+            shown = ''
+        elif low is None:
+            shown = f'{diff:+.4f}'
+        else:
+            shown = f'{diff:+.4f} [{low:+.4f}, {high:+.4f}]'
+        verdict = row['verdict']
+        if len(points) == 1:
+            verdict = re.sub(r' at [\d,]+ tokens$', '', verdict)
+        beyond = 'beyond noise' in verdict.split('survivors:')[-1]
+        worse = 'diverged more often' in verdict or verdict.startswith('all ') or (beyond and 'higher' in verdict)
+        tone = 'worse' if worse else 'better' if beyond and 'lower' in verdict else ''
+        cells = [(str(rank), 'num'), (row['group'], ''), (str(row['n']), 'num'),
+                 (_human('n_params', row['n_params']), 'num'), (shown, 'num'),
+                 (_human('p_holm', row['p_holm']), 'num'), (verdict, tone), (row['diverged'], 'num'),
+                 (_human('tokens_per_s', row['tokens_per_s']), 'num')]
+        tds = ''.join(f'<td class="{c}">{e(v)}</td>' for v, c in cells)
+        lines.append(f'<tr class="base">{tds}</tr>' if row is table[0] else f'<tr>{tds}</tr>')
+    head = ''.join(f'<th>{e(h)}{"*" if h == "tokens/s" and speed_caveat else ""}</th>' for h in BOARD_HEADERS)
+    caveat = f'<p class="lead warn">* {e(speed_caveat)}</p>' if speed_caveat else ''
+    return (f'<p class="lead">Each seed group against the baseline <b>{e(baseline_label)}</b> in {e(metric)}{at}, '
+            f'ranked by the difference (negative: lower {e(metric)} than the baseline). Interval '
+            f'{stats.CONFIDENCE:.0%}, unadjusted; p and verdict Holm-adjusted over the table; n: runs in the '
+            f'test. How it is judged: below the table.</p>'
+            f'<table id="verdicts" class="board"><tr>{head}</tr>{"".join(lines)}</table>{caveat}')
+
+
+def shared_cpu(loaded):
+    """The speed caveat, or None: CPU runs whose training overlapped in time on one host measured the
+    contention as much as the model."""
+    spans = []
+    for run in loaded:
+        config, summary = run['config'], run['summary']
+        if 'cpu' not in (str(config.get('device')), str(config.get('device_name'))):
+            continue
+        try:
+            start = datetime.fromisoformat(str(config.get('started_at'))).timestamp()
+        except ValueError:
+            continue
+        seconds = number(summary.get('wall_time_s'))
+        if seconds is None:
+            elapsed = [t for t in run['metrics']['elapsed_s'] if math.isfinite(t)]
+            seconds = elapsed[-1] if elapsed else 0.0
+        spans.append((run['name'], summary.get('host'), start, start + seconds))
+    overlapping = sorted({a for a, host_a, s_a, e_a in spans for b, host_b, s_b, e_b in spans
+                          if a != b and host_a == host_b and s_a < e_b and s_b < e_a})
+    if not overlapping:
+        return None
+    shown = ', '.join(overlapping[:6]) + (f' and {len(overlapping) - 6} more' if len(overlapping) > 6 else '')
+    return (f'{len(overlapping)} CPU runs trained at the same time on one machine ({shown}): their tokens/s and '
+            f'ms/iter show how they shared the cores, not the models\' speed (bench/bench_train.py measures one '
+            f'alone)')
+
+
+def eval_results_html(eval_dir, report_dir, names):
+    """eval_harness.py's results where its report is in eval_dir: a link, which of these runs it evaluated,
+    and its seed-group table (stats.py's statistics, as here). '' where there is none."""
+    e = html.escape
+    settings_path = Path(eval_dir) / 'settings.json'
+    if not settings_path.is_file():
+        return ''
+    try:
+        settings = read_json(settings_path)
+        with open(Path(eval_dir) / 'groups.csv', newline='', encoding='utf-8') as f:
+            eval_rows = list(csv.DictReader(f))
+    except (RunError, OSError, csv.Error, UnicodeDecodeError) as err:
+        return f'<h2>Eval harness</h2><p class="warn">{e(str(eval_dir))}: cannot read its results: {e(str(err))}</p>'
+    evaluated = {str(x.get('run') if isinstance(x, dict) else x) for x in settings.get('evaluated', [])}
+    ours = [n for n in names if n in evaluated]
+    missing = [n for n in names if n not in evaluated]
+    link = os.path.relpath(Path(eval_dir) / 'report.html', report_dir)
+    said = (f'<p>eval_harness.py evaluated {len(ours)} of these {len(names)} runs '
+            f'({e(str(settings.get("created", "")))}): <a href="{e(link)}">its report</a>, {e(str(eval_dir))}.'
+            + (f' Not evaluated: {e(", ".join(missing))}.' if missing else '') + '</p>')
+    wanted = ['number', 'group', 'n', 'mean', 'diff_vs_baseline', 'ci95_low', 'ci95_high', 'p_holm', 'verdict']
+    columns = [c for c in wanted if eval_rows and c in eval_rows[0]]
+    head = ''.join(f'<th>{e(c)}</th>' for c in columns)
+    body = ''.join('<tr>' + ''.join(f'<td>{e(r[c] or "")}</td>' for c in columns) + '</tr>' for r in eval_rows)
+    return f'<h2>Eval harness</h2>{said}<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def report_html(run_table, table, tuned, plots, stories, baseline_label, why, warnings, notes, runs_dir, x,
+                speed_caveat=None, eval_html='', scaling_html=''):
+    e = html.escape
+    metric = table[0]['metric']
     parts = [f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Run comparison</title>'
              f'<style>{STYLE}</style></head><body>', f'<h1>Run comparison: {e(str(runs_dir))}</h1>',
-             f'<p>{len(run_table)} runs, generated {datetime.now().isoformat(timespec="seconds")} by '
-             f'compare.py; curves against {e(label(X_AXES[x]))}.</p>']
+             leaderboard_html(table, baseline_label, metric, speed_caveat),
+             f'<p>{len(run_table)} runs in {len(table)} seed groups, generated '
+             f'{datetime.now().isoformat(timespec="seconds")} by compare.py; baseline: <b>{e(baseline_label)}</b> '
+             f'({e(why)}); curves against {e(label(X_AXES[x]))}.</p>']
+    parts += [f'<p class="warn">{e(n)}</p>' for n in notes]
     if warnings:
         items = ''.join(f'<li class="warn">{e(w)}</li>' for w in warnings)
         parts.append(f'<h2>Warnings</h2><ul>{items}</ul>')
-    parts.append(f'<h2>Seed groups against the baseline</h2>'
-                 f'<p>Baseline: <b>{e(baseline_label)}</b> ({e(why)}).</p>')
-    parts += [f'<p class="warn">{e(n)}</p>' for n in notes]
-    parts += [f'<p>{e(HOW_TO_READ)}</p>', to_html_table(table, GROUP_COLUMNS)]
+    parts += ['<h2>Seed groups against the baseline: the full table</h2>', f'<p>{e(HOW_TO_READ)}</p>',
+              to_html_table(table, GROUP_COLUMNS)]
     if tuned is not None:
         parts += ['<h2>Tuned: each variant at its own best value</h2>', f'<p>{e(HOW_TO_READ_TUNED)}</p>',
                   to_html_table(tuned, TUNED_COLUMNS)]
+    parts += [scaling_html, eval_html]
     if stories is not None:
         parts += ['<h2>Stories: what each seed group writes</h2>', stories_html(stories)]
     parts += ['<h2>Runs</h2>', to_html_table(run_table, RUN_COLUMNS), '<h2>Curves</h2>']
@@ -872,6 +1259,12 @@ def parse_args(argv):
     ap.add_argument('--min_effect', type=float, default=stats.MIN_EFFECT,
                     help=f'resolution floor: a smaller difference is "no difference" whatever its p-value '
                          f'(default {stats.MIN_EFFECT:g}, above float noise of a mean val loss)')
+    ap.add_argument('--eval_dir', default=None,
+                    help="eval_harness.py's --report_dir for these runs, shown and linked in report.html when "
+                         "it is there (default: REPORT_DIR/eval_harness)")
+    ap.add_argument('--scaling', action='store_true',
+                    help='require the scaling section (fits of final loss against training FLOPs, compute '
+                         'multipliers); it appears by itself where a variant ran at 3 or more sizes')
     ap.add_argument('--no_samples', action='store_true', help='leave the stories out of report.html')
     ap.add_argument('--device', default='auto', help='device the stories are sampled on (default: auto)')
     ap.error = fail  # one line and exit 1, not a usage dump
@@ -936,6 +1329,8 @@ def main(argv=None):
     notes += [f"{r['name']} counted once: same settings and seed as {kept['name']} (a rerun or a copy)"
               for g in groups for r, kept in replicates(g)[1]]
     warnings = token_warnings(rows) + [f'skipped {s}' for s in skipped]
+    scaling = scaling_report(groups, baseline, rows, metric, args.scaling)  # None: runs of fewer than 3 sizes
+    warnings += scaling['warnings'] if scaling else []
 
     report_dir = Path(args.report_dir)
     try:  # before the slow part: an unwritable report dir is said at once
@@ -944,7 +1339,11 @@ def main(argv=None):
         fail(f'cannot write the report to {report_dir}: {e.strerror or e}')
     stories = draw_stories(groups, device) if not args.no_samples else None
     tuned_plot = (variants, args.tune) if tuned else None
-    plots = make_plots(loaded, groups, baseline, rows, metric, args.x, tuned_plot)
+    speed_caveat = shared_cpu(loaded)
+    plots = make_plots(loaded, groups, baseline, rows, metric, args.x, tuned_plot, speed_caveat)
+    plots += scaling['plots'] if scaling else []
+    eval_dir = Path(args.eval_dir) if args.eval_dir else report_dir / 'eval_harness'
+    eval_html = eval_results_html(eval_dir, report_dir, [r['name'] for r in loaded])
 
     # everything is rendered before anything is written: a failure on the way leaves the old report as it was
     texts = {'summary_table.csv': to_csv(run_table, RUN_COLUMNS),
@@ -955,8 +1354,11 @@ def main(argv=None):
         texts['tuned.csv'] = to_csv(tuned, TUNED_COLUMNS)
         texts['tuned.md'] = (f"# Tuned: {', '.join(args.tune)}\n\n{HOW_TO_READ_TUNED} {how}.\n\n"
                              + to_markdown(tuned, TUNED_COLUMNS))
+    if scaling:
+        texts.update(scaling['texts'])
     texts['report.html'] = report_html(run_table, table, tuned, plots, stories, baseline['label'], why,
-                                       warnings, notes, args.runs_dir, args.x)
+                                       warnings, notes, args.runs_dir, args.x, speed_caveat, eval_html,
+                                       scaling['html'] if scaling else '')
     try:
         for name, _, png in plots:
             atomic_write_bytes(report_dir / name, png)
@@ -973,10 +1375,13 @@ def main(argv=None):
     if tuned:
         print(to_markdown(tuned, ['variant', 'best_value', f'mean_final_{metric}', 'diff_vs_baseline',
                                   'verdict']))
+    for line in scaling['console'] if scaling else []:
+        print(f'scaling: {line}')
     for w in warnings:
         if not w.startswith('skipped '):  # those were named on stderr as they were met
             print(f'compare.py: warning: {w}', file=sys.stderr)
     tables = 'summary_table.csv, groups.csv' + (', tuned.csv' if tuned else '')
+    tables += ', scaling.csv' if scaling else ''
     print(f'wrote {report_dir}/report.html (tables: {tables})')
 
 

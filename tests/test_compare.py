@@ -267,6 +267,205 @@ def test_seed_groups_ignore_bookkeeping_but_split_on_training_settings(tmp_path)
         compare.pick_baseline(groups, '[bc]')
 
 # -----------------------------------------------------------------------------
+# issue 17: which runs enter a verdict, at which point, paired or not; floors and divergence
+
+STALE = dict(host='another-host', pid=123, heartbeat_at='2020-01-01T00:00:00+00:00')
+
+
+def test_a_killed_run_never_moves_the_comparison_point(tmp_path):
+    """Case 1: a baseline run killed at iteration 10 (stale, not even in a pair) used to pull every
+    verdict down to its last evaluation. It is named and left out; the point is where the completed runs are."""
+    out = tmp_path / 'out'
+    for seed in (1, 2, 3):
+        make_run(out, f'baseline_s{seed}', 2.0 + 0.1 * seed, seed=seed)
+        make_run(out, f'gqa_s{seed}', 2.1 + 0.1 * seed + 0.002 * seed, model_name='gqa', seed=seed)
+    make_run(out, 'baseline_s9', 5.0, seed=9, status='running', iters=[0, 10], vals={0: 10.0, 10: 5.0},
+             summary_fields=STALE, max_iters=30)
+    rows = group_rows(out)
+    gqa = rows['gqa']
+    assert gqa['at_tokens'] == 30 * TOKENS_PER_ITER and gqa['n'] == 3
+    assert gqa['method'] == 'paired by seed (1, 2, 3)'  # seed 9 never reached the point: all the others pair
+    assert gqa['diff_vs_baseline'] == pytest.approx(0.104)
+    assert 'baseline_s9 (stale (process gone; resume it)) did not reach 30,720 tokens' in gqa['notes']
+    assert gqa['verdict'] == 'higher val_loss than baseline, beyond noise at 30,720 tokens'
+    # the point is never the untrained model's: with no evaluation in common after 0 there is no verdict
+    make_run(out, 'late_s1', 2.0, model_name='late', seed=1, iters=[0, 5], vals={0: 10.0, 5: 2.0})
+    make_run(out, 'late_s2', 2.0, model_name='late', seed=2, iters=[0, 5], vals={0: 10.0, 5: 2.0})
+    late = group_rows(out)['late']
+    assert late['at_tokens'] == 5 * TOKENS_PER_ITER and 'interpolated' in late['method']
+
+
+def test_partial_pairing_uses_every_run(tmp_path):
+    """Case 2: 10 vs 10 runs sharing 2 seeds. A paired test on the 2 shared seeds threw 18 runs away;
+    Welch on all 20 is the test, and n says 10."""
+    out = tmp_path / 'out'
+    rng = np.random.default_rng(0)
+    base = {seed: 2.0 + 0.01 * rng.standard_normal() for seed in range(1, 11)}
+    variant = {seed: 1.98 + 0.01 * rng.standard_normal() for seed in range(9, 19)}
+    for seed, value in base.items():
+        make_run(out, f'baseline_s{seed}', value, seed=seed)
+    for seed, value in variant.items():
+        make_run(out, f'rope_s{seed}', value, model_name='rope', seed=seed)
+    rope = group_rows(out)['rope']
+    check = stats.ttest_ind(list(variant.values()), list(base.values()), equal_var=False)
+    assert rope['method'] == 'Welch (n=10 vs 10)' and rope['n'] == 10
+    assert rope['p_value'] == pytest.approx(check.pvalue, rel=1e-9) and check.pvalue < 0.01
+    assert (rope['ci95_low'], rope['ci95_high']) == pytest.approx(tuple(check.confidence_interval()))
+    assert rope['verdict'].startswith('lower val_loss than baseline, beyond noise')
+
+
+def test_a_copy_or_rerun_counts_once(tmp_path, capsys):
+    """Case 3: the same settings and seed under two run names is one replicate (a rerun, a copied folder)."""
+    out = tmp_path / 'out'
+    base, gqa = {1: 2.0, 2: 2.3, 3: 2.1}, {1: 2.04, 2: 2.31, 3: 2.16}
+    for seed in base:
+        make_run(out, f'baseline_s{seed}', base[seed], seed=seed)
+        make_run(out, f'gqa_s{seed}', gqa[seed], model_name='gqa', seed=seed)
+    make_run(out, 'baseline_s1_copy', base[1], seed=1)
+    make_run(out, 'gqa_s2_rerun', gqa[2], model_name='gqa', seed=2)
+    # a stale first try of seed 3 and its completed rerun: the completed one is the replicate
+    make_run(out, 'gqa_s3_try', 9.0, model_name='gqa', seed=3, status='running', iters=[0, 10],
+             vals={0: 10.0, 10: 9.0}, summary_fields=STALE, max_iters=30)
+    compare.main([str(out), '--report_dir', str(tmp_path / 'r'), '--no_samples'])
+    printed = capsys.readouterr().out
+    groups = {g['group']: g for g in read_csv(tmp_path / 'r' / 'groups.csv')}
+    row = groups['gqa']
+    check = stats.ttest_rel(list(gqa.values()), list(base.values()))
+    assert row['n'] == '3' and row['method'] == 'paired by seed (1, 2, 3)'
+    assert float(row['p_value']) == pytest.approx(check.pvalue)
+    assert groups['baseline']['n'] == '3'
+    assert float(groups['gqa']['mean_final_val_loss']) == pytest.approx(np.mean(list(gqa.values())))
+    assert 'baseline_s1_copy counted once: same settings and seed as baseline_s1 (a rerun or a copy)' in printed
+    assert 'gqa_s3_try counted once: same settings and seed as gqa_s3' in printed
+    assert 'gqa_s2_rerun counted once' in printed
+
+
+def test_a_difference_below_the_floor_is_no_difference_and_zero_spread_no_p_value(tmp_path):
+    """Case 4: batch 4 x 2 vs 8 x 1 is one model to float rounding (both differences 4.8e-7): 'no
+    difference', not 'beyond noise'. Identical differences on every seed give no p-value, never p = 0."""
+    out = tmp_path / 'out'
+    for seed, value in ((1, 2.0), (7, 2.3)):
+        make_run(out, f'baseline_s{seed}', value, seed=seed)
+        make_run(out, f'accum_s{seed}', value + 4.8e-7, model_name='accum', seed=seed)
+        make_run(out, f'exact_s{seed}', value + 0.5, model_name='exact', seed=seed)  # 2.5 - 2.0 == 2.8 - 2.3
+    rows = group_rows(out)
+    assert rows['accum']['verdict'] == 'no difference (|diff| < min_effect 0.0001) at 30,720 tokens'
+    exact = rows['exact']
+    assert exact['diff_vs_baseline'] == 0.5 and exact['p_value'] is None and exact['p_holm'] is None
+    assert exact['ci95_low'] is None and exact['method'].endswith('zero spread: no noise estimate')
+    assert exact['verdict'] == 'zero spread: no noise estimate at 30,720 tokens'
+    # the floor is a flag: at 0, 4.8e-7 is judged like any difference
+    loaded, _ = compare.load_runs(sorted(out.iterdir()))
+    groups = compare.seed_groups(loaded)
+    rows_ = {r['name']: compare.run_numbers(r) for r in loaded}
+    table = compare.group_table(groups, groups[0], rows_, 'val_loss', min_effect=0.0)
+    assert not table[1]['verdict'].startswith('no difference')
+    with pytest.raises(SystemExit, match='--min_effect -1.0: expected a difference >= 0'):
+        compare.main([str(out), '--min_effect', '-1'])
+
+
+def test_divergence_is_an_outcome(tmp_path):
+    """Case 5: 4 of 6 runs diverged at a high learning rate. The 2 survivors alone read 'within noise';
+    the verdict says the group diverged more often (one-sided Fisher exact test) and how many; all
+    diverged is said as such."""
+    out = tmp_path / 'out'
+    for seed in range(1, 7):
+        make_run(out, f'baseline_s{seed}', 2.0 + 0.01 * seed, seed=seed)
+        diverged = seed <= 4
+        make_run(out, f'hot_s{seed}', math.inf if diverged else 2.0 + 0.01 * seed + 0.001 * (-1) ** seed,
+                 model_name='hot', seed=seed, status='diverged' if diverged else 'completed')
+        make_run(out, f'boom_s{seed}', math.inf, model_name='boom', seed=seed, status='diverged')
+        make_run(out, f'rare_s{seed}', math.inf if seed == 1 else 2.0 + 0.01 * seed, model_name='rare',
+                 seed=seed, status='diverged' if seed == 1 else 'completed')
+    rows = group_rows(out)
+    p = stats.fisher_exact([[4, 2], [0, 6]], alternative='greater')[1]
+    assert p == pytest.approx(15 / 495)  # C(6,4) C(6,0) / C(12,4)
+    assert rows['hot']['diverged'] == '4 of 6' and rows['hot']['n'] == 2
+    assert rows['hot']['verdict'] == ('diverged more often than baseline (4 of 6 vs 0 of 6, Fisher p=0.03); '
+                                      'survivors: within noise at 30,720 tokens')
+    assert rows['boom']['verdict'] == 'all 6 runs diverged' and rows['boom']['diverged'] == '6 of 6'
+    assert rows['rare']['verdict'].startswith('diverged more often than baseline (1 of 6 vs 0 of 6, Fisher p=0.5)')
+    assert rows['baseline']['diverged'] == '0 of 6'
+
+
+def test_verdicts_at_an_evaluation_every_run_has(tmp_path):
+    """Case 6: the variant stopped at 30 iterations, the baseline evaluates every 20. Interpolating the
+    baseline's convex curve at 30 biased the difference; the verdict is at 20, where both evaluated,
+    and equals the planted -0.05 exactly."""
+    out = tmp_path / 'out'
+    loss = lambda it, seed: 2.0 + 8.0 / (1 + it / 5) + 0.1 * seed
+    for seed in (1, 2, 3):
+        make_run(out, f'baseline_s{seed}', loss(40, seed), seed=seed, iters=[0, 10, 20, 30, 40],
+                 vals={it: loss(it, seed) for it in (0, 20, 40)})
+        make_run(out, f'short_s{seed}', 0, model_name='short', seed=seed, iters=[0, 10, 20, 30],
+                 vals={it: loss(it, seed) - 0.05 for it in (0, 10, 20, 30)})
+    short = group_rows(out)['short']
+    assert short['at_tokens'] == 20 * TOKENS_PER_ITER and 'interpolated' not in short['method']
+    assert short['diff_vs_baseline'] == pytest.approx(-0.05, abs=1e-12)
+    biased = np.mean([loss(30, s) - 0.05 - np.interp(30, [20, 40], [loss(20, s), loss(40, s)]) for s in (1, 2, 3)])
+    assert biased < -0.1  # what interpolating the baseline at 30 would have said: three times the effect
+
+
+def test_tuned_on_some_seeds_reported_on_others(tmp_path, capsys):
+    """Case 7: gqa at lr 3e-3 is lucky on seeds 1 and 2 and no better than the baseline on 3 and 4.
+    Chosen and tested on all seeds it reads as a win; chosen on 1, 2 and reported on 3, 4 it does not."""
+    out = tmp_path / 'out'
+    finals = {('baseline', 1e-3): [2.0, 2.1, 2.0, 2.1], ('baseline', 3e-3): [2.2, 2.3, 2.2, 2.3],
+              ('gqa', 1e-3): [2.05, 2.15, 2.05, 2.15], ('gqa', 3e-3): [1.80, 1.91, 2.01, 2.09]}
+    for (model_name, lr), losses in finals.items():
+        for seed, loss in enumerate(losses, start=1):
+            make_run(out, f'{model_name}_lr{lr:g}_s{seed}', loss, model_name=model_name, seed=seed,
+                     learning_rate=lr)
+    r = tmp_path / 'r'
+    compare.main([str(out), '--tune', 'learning_rate', '--report_dir', str(r), '--no_samples'])
+    same = read_csv(r / 'tuned.csv')[1]
+    assert same['best_value'] == 'learning_rate=0.003' and same['method'] == 'paired by seed (1, 2, 3, 4)'
+    assert 'chosen and reported on the same seeds: optimistic' in capsys.readouterr().out
+    compare.main([str(out), '--tune', 'learning_rate', '--tune_seeds', '1', '2', '--report_dir', str(r),
+                  '--no_samples'])
+    held = read_csv(r / 'tuned.csv')[1]
+    assert held['best_value'] == 'learning_rate=0.003' and held['method'] == 'paired by seed (3, 4)'
+    assert held['n'] == '2' and float(held['diff_vs_baseline']) == pytest.approx(0.0)
+    said = 'best value chosen on seeds 1, 2; reported on held-out seeds 3, 4'
+    assert said in capsys.readouterr().out and said in (r / 'tuned.md').read_text()
+    assert said in (r / 'report.html').read_text()
+    with pytest.raises(SystemExit, match='--tune_seeds and --report_seeds share seed 2'):
+        compare.main([str(out), '--tune', 'learning_rate', '--tune_seeds', '1', '2', '--report_seeds', '2', '3'])
+    with pytest.raises(SystemExit, match='give --tune too'):
+        compare.main([str(out), '--report_seeds', '3'])
+    with pytest.raises(SystemExit, match=r'--report_seeds: no run has seed 9 \(seeds: 1, 2, 3, 4\)'):
+        compare.main([str(out), '--tune', 'learning_rate', '--report_seeds', '9'])
+
+
+def test_real_runs_a_killed_rerun_and_a_copy(smoke_runs, tmp_path, capsys):
+    """Cases 1 and 3 on real runs: a copy of baseline_s1, and a baseline run of seed 3 killed after its
+    evaluation at iteration 10 (stale). Verdicts are those of the four finished runs alone."""
+    import shutil
+    out = tmp_path / 'out'
+    shutil.copytree(smoke_runs, out)
+    shutil.copytree(out / 'baseline_s1', out / 'baseline_s1_copy')
+    killed = out / 'baseline_s3'
+    shutil.copytree(out / 'baseline_s2', killed)
+    config = json.loads((killed / 'config.json').read_text())
+    (killed / 'config.json').write_text(json.dumps(dict(config, seed=3, run_name='baseline_s3')))
+    lines = (killed / 'metrics.csv').read_text().splitlines()
+    (killed / 'metrics.csv').write_text('\n'.join(lines[:12]) + '\n')  # header and iterations 0..10
+    summary = json.loads((killed / 'summary.json').read_text())
+    (killed / 'summary.json').write_text(json.dumps(dict(summary, status='running', **STALE)))
+    compare.main([str(out), '--report_dir', str(tmp_path / 'r'), '--no_samples'])
+    printed = capsys.readouterr().out
+    groups = {g['group']: g for g in read_csv(tmp_path / 'r' / 'groups.csv')}
+    gqa = groups['gqa']
+    assert gqa['method'] == 'paired by seed (1, 2)' and gqa['n'] == '2'
+    assert int(gqa['at_tokens']) == 30 * json.loads((out / 'gqa_s1' / 'config.json').read_text())['tokens_per_iter']
+    final = lambda name: float(read_csv(out / name / 'metrics.csv')[-1]['val_loss'])
+    diff = np.mean([final(f'gqa_s{s}') - final(f'baseline_s{s}') for s in (1, 2)])
+    assert float(gqa['diff_vs_baseline']) == pytest.approx(diff)
+    assert 'baseline_s3 (stale (process gone; resume it)) did not reach' in gqa['notes']
+    assert 'baseline_s1_copy counted once: same settings and seed as baseline_s1' in printed
+
+
+# -----------------------------------------------------------------------------
 # the command on hand-built run folders
 
 
@@ -427,6 +626,15 @@ def test_runs_on_different_tokenizers_are_judged_on_bits_per_byte(tmp_path):
     table = compare.group_table(groups, groups[0], rows, metric)
     # a loss per token 4 nats lower is not a better model: in bits per byte it is worse
     assert table[1]['diff_vs_baseline'] == pytest.approx(0.045) and table[1]['metric'] == 'val_bpb'
+    # same seeds, but a token window of one tokenizer is not the other's: the label says what was paired
+    assert table[1]['method'] == ('paired by seed (1, 2; same seeds; different tokenizers, so not the same batches, '
+                                  'and val_bpb not on the same bytes)')  # runs from before val_bpb_text
+    text = dict(stories=500, bytes=400000, sha256='a1')
+    for run in loaded:
+        run['config']['val_bpb_text'] = text  # train.py's record of the validation text its val_bpb scored
+    table = compare.group_table(groups, groups[0], rows, metric)
+    assert table[1]['method'] == ('paired by seed (1, 2; same seeds, val_bpb on the same validation bytes; '
+                                  'different tokenizers, so not the same batches)')
     assert note in compare.groups_markdown(table, 'baseline', 'why', [], [note])
     assert compare.judged_metric(groups[:1], 'val_loss') == ('val_loss', None)
 
