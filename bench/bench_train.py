@@ -5,10 +5,12 @@ train.py's real loop at one shape, so that the loop's overhead over the bare ste
     python bench/bench_train.py                          # GPU: the three GPU shapes; CPU: cpu_4l128d
     python bench/bench_train.py --shapes=gpt2_124m --models=baseline,nanogpt --steps=50
     python bench/bench_train.py --device=cpu --shapes=cpu_4l128d --loop=True
+    python bench/bench_train.py --device=cpu --models=zoo --vocab_size=4096 --loop=False   # every preset
 
 Per shape and model it prints ms/iteration, tokens/s, MFU (against model.PEAK_FLOPS for the card),
-peak memory, and the loss before and after the timed steps: the batch is fixed, so a working step
-memorises it and the loss falls (a broken step cannot look fast). `nanogpt` is the `gpt2` variant
+peak memory, the step time relative to the baseline's at the same shape (when the baseline is timed),
+and the loss before and after the timed steps: the batch is fixed, so a working step memorises it and
+the loss falls (a broken step cannot look fast). --models=zoo times every registered variant. `nanogpt` is the `gpt2` variant
 with bias=False, i.e. nanoGPT's GPT, timed by the same code on the same card.
 """
 import json
@@ -25,19 +27,21 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import ConfigError, configure  # noqa: E402
-from model import GPT, make_config, pick_device  # noqa: E402
+from model import GPT, MODEL_REGISTRY, make_config, pick_device  # noqa: E402
 
 SHAPES = {  # n_layer, n_head, n_embd, block_size T, batch_size B
     'gpt2_124m': (12, 12, 768, 1024, 16),
     'ts_8l512d': (8, 8, 512, 512, 64),
     'ts_6l384d': (6, 6, 384, 256, 128),
     'cpu_4l128d': (4, 4, 128, 128, 16),
+    'zoo_cpu': (4, 4, 64, 64, 16),  # config/sweeps/zoo.py's runs (with --vocab_size=4096)
     'tiny': (1, 2, 32, 32, 2),  # for the test suite
 }
 MODELS = {'nanogpt': ('gpt2', dict(bias=False))}  # other names: registered variants as they are
 
 shapes: str = 'auto'            # comma-separated SHAPES keys; auto: the GPU shapes on CUDA, cpu_4l128d elsewhere
-models: str = 'baseline,nanogpt'
+models: str = 'baseline,nanogpt'  # comma-separated; 'zoo': every name in model.MODEL_REGISTRY
+vocab_size: int = 50257         # 4096: the bpe4k tokenizer of config/tiny_bpe4k.py and the zoo sweep
 steps: int = 20                 # timed steps
 warmup_steps: int = 5           # untimed (compilation, allocator warm-up)
 device: str = 'auto'
@@ -83,11 +87,12 @@ def bench_step(shape, model_spec):
     n_layer, n_head, n_embd, T, B = SHAPES[shape]
     name, extra = MODELS.get(model_spec, (model_spec, {}))
     torch.manual_seed(0)
-    model = GPT(make_config(name, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=T, **extra)).to(device)
+    model = GPT(make_config(name, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=T, vocab_size=vocab_size,
+                            **extra)).to(device)
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
     step_model = torch.compile(model) if compile else model
-    x = torch.randint(0, 50257, (B, T + 1), generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.randint(0, vocab_size, (B, T + 1), generator=torch.Generator().manual_seed(0)).to(device)
     x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
     def step():
@@ -165,16 +170,23 @@ def pct(v):
 device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else f'cpu ({torch.get_num_threads()} threads)'
 print(f"device {device_name}, torch {torch.__version__}, {dtype}{', compiled' if compile else ''}, "
       f"{steps} timed steps after {warmup_steps}")
-print(f"{'shape':<12} {'model':<22} {'params':>7} {'ms/iter':>9} {'tokens/s':>11} {'MFU':>6} {'peak MB':>8}  loss first -> last")
+print(f"{'shape':<12} {'model':<24} {'params':>7} {'ms/iter':>9} {'vs base':>7} {'tokens/s':>11} {'MFU':>6} "
+      f"{'peak MB':>8}  loss first -> last")
+model_specs = list(MODEL_REGISTRY) if models == 'zoo' else models.split(',')
 results = []
 for shape in shape_names:
-    for spec in models.split(','):
+    base_ms = None
+    for spec in model_specs:
         r = bench_step(shape, spec)
         release()
+        if spec == 'baseline':
+            base_ms = r['ms_per_iter']
+        r['vs_baseline'] = r['ms_per_iter'] / base_ms if base_ms else None
         results.append(r)
-        print(f"{shape:<12} {spec:<22} {r['params_m']:>6}M {r['ms_per_iter']:>9.1f} {r['tokens_per_s']:>11,.0f} "
-              f"{pct(r['mfu'])} {r['peak_mem_mb']:>8.0f}  {r['loss_first']:.3f} -> {r['loss_last']:.3f}",
-              flush=True)
+        relative = f"{r['vs_baseline']:>6.2f}x" if base_ms else f"{'-':>7}"
+        print(f"{shape:<12} {spec:<24} {r['params_m']:>6}M {r['ms_per_iter']:>9.1f} {relative} "
+              f"{r['tokens_per_s']:>11,.0f} {pct(r['mfu'])} {r['peak_mem_mb']:>8.0f}  "
+              f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}", flush=True)
 if loop:
     bare = next((r for r in results if r['shape'] == loop_shape and r['model'] == 'baseline'), None) or \
         bench_step(loop_shape, 'baseline')
