@@ -16,6 +16,25 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes several seconds (skip with -m 'not slow')")
 
 
+# the tiny model the model and speed tests build (GPTConfig fields; vocab 256 keeps them fast)
+TINY_MODEL = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, vocab_size=256)
+
+
+def snapshot(folder, mtimes=False):
+    """{relative path: bytes} of every file under folder (and its mtime_ns with mtimes=True): "untouched"
+    and "byte-identical" made checkable."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) if mtimes else p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def dead_pid():
+    """The pid of a process that has ended: what a killed writer leaves in its files."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 # glibc otherwise maps and unmaps the large logits tensors at every step: twice as slow on CPU
 CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "8000000000"}
 
@@ -68,7 +87,7 @@ def small_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bpe_data(tmp_path_factory):
     """`data_dir` holding `small-bpe4k`: the bundled sample with a 4,096-token BPE trained on its train
-    split (data_dir/small-bpe4k/tokenizer.json). May be the same data_dir as small_data."""
+    split (data_dir/small-bpe4k/tokenizer-<sha>.json). May be the same data_dir as small_data."""
     data_dir = sample_data_dir(tmp_path_factory)
     import_prepare().prepare("small", "sample", data_dir, tokenizer="bpe4k")
     return data_dir
@@ -129,7 +148,16 @@ def smoke_runs(small_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def bpe_run(bpe_data, tmp_path_factory):
     """A smoke run trained on the bpe4k tokenizer (20 iterations, checkpoints at 10 and 20): its folder
-    carries tokenizer.json, and everything that reads it must decode with that tokenizer."""
+    carries its tokenizer file (tokenizer-<sha>.json), and everything that reads it must decode with it."""
     out_dir = tmp_path_factory.mktemp("bpe") / "out"
     return train_run(bpe_data, out_dir, "bpe4k_s1", "--tokenizer=bpe4k", "--seed=1", "--max_iters=20",
                      "--eval_interval=10", "--checkpoint_interval=10")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A skipped test that names the command enabling it (tests/test_slurm.py: .ci/slurm_start.sh) says so in
+    one line even without -rs."""
+    reasons = {r.longrepr[2] for r in terminalreporter.stats.get("skipped", [])
+               if isinstance(r.longrepr, tuple) and "slurm_start.sh" in r.longrepr[2]}
+    for reason in sorted(reasons):
+        terminalreporter.write_line(reason)

@@ -10,15 +10,13 @@ import math
 import os
 import shutil
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import eval_harness as eh
 import runs
-from conftest import REPO, run_script
+from conftest import REPO, dead_pid, run_script
 from model import GPT, make_config
 from runs import load_checkpoint, save_checkpoint
 from tokenizer import load_tokenizer
@@ -452,12 +450,6 @@ def test_group_statistics_by_hand():
     assert eh.pick_baseline(groups, 'g2')['label'] == 'gqa'
     with pytest.raises(ValueError, match="--baseline 'nope': no evaluated run or seed group"):
         eh.pick_baseline(groups, 'nope')
-
-
-def dead_pid():
-    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
-    proc.wait()
-    return proc.pid
 
 
 def test_groups_and_status_beside_the_per_run_rows(tmp_path):

@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
+from conftest import TINY_MODEL
 from model import GPT, MODEL_REGISTRY, device_peak_flops, make_config, pick_device
 from runs import CheckpointError, load_checkpoint, save_checkpoint
 
-VOCAB = 256  # small vocabulary keeps these tests fast; the 50257 default is exercised by train tests
-TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, vocab_size=VOCAB)
+TINY = TINY_MODEL  # vocab 256 keeps these tests fast; the 50257 default is exercised by train tests
+VOCAB = TINY['vocab_size']
 
 
 def tiny(name='baseline', seed=0, **kw):

@@ -8,12 +8,11 @@ import shutil
 import socket
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, snapshot
 
 sys.path.insert(0, str(REPO))
 import prepare  # noqa: E402
@@ -58,10 +57,6 @@ def decoded_stories(data_dir, variant, split, tokenizer='gpt2'):
     ends = np.flatnonzero(tokens == tok.eot_token)
     assert len(tokens) and tokens[-1] == tok.eot_token
     return [tok.decode(tokens[a:b]) for a, b in zip([0, *(ends[:-1] + 1)], ends)]
-
-
-def snapshot(folder):
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(Path(folder).iterdir())}
 
 
 def main_error(*args):
@@ -217,14 +212,14 @@ def test_cache_skip_force_and_rebuild_on_change(tmp_path, capsys):
     bins = tmp_path / 'd' / 'small'
     prepare.main(args)
     assert 'wrote' in capsys.readouterr().out
-    before = snapshot(bins)
+    before = snapshot(bins, mtimes=True)
     prepare.main(args)
     assert 'up to date' in capsys.readouterr().out
-    assert snapshot(bins) == before  # nothing rewritten
+    assert snapshot(bins, mtimes=True) == before  # nothing rewritten
     train = bin_path(tmp_path / 'd', 'train')
     prepare.main(args + ['--force'])
     assert 'wrote' in capsys.readouterr().out
-    after = snapshot(bins)  # the same content has the same name: only meta.json is rewritten
+    after = snapshot(bins, mtimes=True)  # the same content has the same name: only meta.json is rewritten
     assert after['meta.json'][1] != before['meta.json'][1] and after[train.name] == before[train.name]
     prepare.main(args + ['--small_train_samples', '2'])  # different parameters rebuild
     assert 'wrote' in capsys.readouterr().out
@@ -260,12 +255,12 @@ def fail_on_call(monkeypatch, n):
 
 
 def test_interrupted_write_keeps_previous_data(prepared, tmp_path, monkeypatch):
-    before = snapshot(prepared / 'small')
+    before = snapshot(prepared / 'small', mtimes=True)
     fail_on_call(monkeypatch, 4)  # 2 val batches done (val's bin complete), midway through train
     other = write_source(tmp_path / 'other', STORIES[::-1], STORIES[2:])
     with pytest.raises(RuntimeError, match='interrupted'):
         prepare.prepare('small', other, prepared)
-    assert snapshot(prepared / 'small') == before  # nothing changed, nothing left behind
+    assert snapshot(prepared / 'small', mtimes=True) == before  # nothing changed, nothing left behind
     assert os.listdir(prepared) == ['small']
     assert decoded_stories(prepared, 'small', 'train') == STORIES
     assert decoded_stories(prepared, 'small', 'val') == STORIES[:2]
@@ -285,7 +280,7 @@ def test_a_killed_prepares_files_are_ignored_then_removed(prepared, tmp_path, ca
     """kill -9 runs no cleanup: it leaves a temporary file and complete bins that meta.json does not
     name. Readers never look at them; the next prepare that writes the folder removes them."""
     folder = prepared / 'small'
-    before = snapshot(folder)
+    before = snapshot(folder, mtimes=True)
     (folder / f'train.bin.tmp-{socket.gethostname()}-12345').write_bytes(b'half a bin')
     (folder / 'val-0123456789abcdef.bin').write_bytes(b'junk')
     assert decoded_stories(prepared, 'small', 'val') == STORIES[:2]
@@ -293,7 +288,7 @@ def test_a_killed_prepares_files_are_ignored_then_removed(prepared, tmp_path, ca
     assert 'up to date' in capsys.readouterr().out  # reading never deletes
     assert len(os.listdir(folder)) == len(before) + 2
     prepare.prepare('small', tmp_path / 'good', prepared, force=True)
-    assert snapshot(folder).keys() == before.keys()
+    assert snapshot(folder, mtimes=True).keys() == before.keys()
 
 
 def test_a_run_reading_the_bins_keeps_them_through_a_rebuild(prepared, tmp_path):
@@ -307,14 +302,14 @@ def test_a_run_reading_the_bins_keeps_them_through_a_rebuild(prepared, tmp_path)
 
 def test_one_prepare_at_a_time_per_folder(prepared, tmp_path):
     fcntl = pytest.importorskip('fcntl')  # the lock is POSIX's flock
-    before = snapshot(prepared / 'small')
+    before = snapshot(prepared / 'small', mtimes=True)
     with open(prepared / 'small' / '.prepare.lock') as held:  # another prepare.py writing the folder
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         err = main_error('--variant', 'small', '--source', write_source(tmp_path / 'other', STORIES[::-1], STORIES),
                          '--data_dir', prepared)
     assert err == f"prepare.py: error: {prepared / 'small'}: another prepare.py is writing this folder; wait for it " \
                   f"to finish"
-    assert snapshot(prepared / 'small') == before
+    assert snapshot(prepared / 'small', mtimes=True) == before
 
 
 def test_data_prepared_by_the_old_layout_reads_and_is_replaced(prepared, tmp_path, capsys):
@@ -385,10 +380,10 @@ def test_bad_input_is_one_line_and_leaves_data_untouched(prepared, tmp_path, cas
         (source / name).write_bytes(content)
         names = str(source / name)
         tokenizer = 'bpe4k' if case == 'empty-text-for-bpe' else tokenizer
-    before = snapshot(prepared / 'small')
+    before = snapshot(prepared / 'small', mtimes=True)
     err = main_error('--variant', variant, '--source', source, '--data_dir', prepared, '--tokenizer', tokenizer)
     assert names in err and expect in err, err
-    assert snapshot(prepared / 'small') == before
+    assert snapshot(prepared / 'small', mtimes=True) == before
     assert os.listdir(prepared) == ['small']  # nothing else created
     assert decoded_stories(prepared, 'small', 'train') == STORIES
 
@@ -411,10 +406,10 @@ def test_damaged_sample_is_one_line_and_leaves_data_untouched(prepared, tmp_path
     else:
         path.unlink()
         expect = f'{path} not found: the bundled sample is incomplete'
-    before = snapshot(prepared / 'small')
+    before = snapshot(prepared / 'small', mtimes=True)
     err = main_error('--variant', 'small', '--source', 'sample', '--data_dir', prepared)
     assert expect in err and 'git checkout data_sample' in err, err
-    assert snapshot(prepared / 'small') == before and os.listdir(prepared) == ['small']
+    assert snapshot(prepared / 'small', mtimes=True) == before and os.listdir(prepared) == ['small']
 
 
 def test_bad_input_exits_1_with_one_line_on_stderr(tmp_path):

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import runs
-from conftest import REPO
+from conftest import REPO, dead_pid
 
 
 def test_a_metric_added_to_the_list_reaches_csv_tensorboard_console_and_plots(tmp_path, monkeypatch, capsys):
@@ -142,12 +142,6 @@ def test_one_process_per_run_folder_and_a_held_lock_reads_as_running(tmp_path):
     assert not new.exists() and (tmp_path / 'new').is_dir()
 
 
-def dead_pid():
-    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
-    dead.wait()
-    return dead.pid
-
-
 def summary(**kw):
     now = datetime.now(timezone.utc)
     return dict(dict(status='running', host=socket.gethostname(), pid=os.getpid(),
@@ -156,15 +150,14 @@ def summary(**kw):
 
 def test_a_run_whose_process_is_gone_is_stale():
     assert runs.run_status(summary()) == 'running'
-    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
-    dead.wait()
-    assert runs.run_status(summary(pid=dead.pid, pid_started=None)) == 'stale'
+    dead = dead_pid()
+    assert runs.run_status(summary(pid=dead, pid_started=None)) == 'stale'
     # the pid lives but is another process (reused pid): stale too
     assert runs.run_status(summary(pid=1, pid_started='not-its-start-time')) == 'stale'
     old = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat()
     assert runs.run_status(summary(host='elsewhere', heartbeat_at=old)) == 'stale'
     assert runs.run_status(summary(host='elsewhere')) == 'running'
-    assert runs.run_status(summary(status='completed', pid=dead.pid)) == 'completed'
+    assert runs.run_status(summary(status='completed', pid=dead)) == 'completed'
     assert runs.run_status(dict(status='weird')) == 'unknown' and runs.run_status({}) == 'unknown'
 
 

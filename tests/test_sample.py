@@ -107,7 +107,8 @@ def test_bpe_run_is_sampled_with_its_own_tokenizer(bpe_run, capsys):
     out = capsys.readouterr().out
     assert 'bpe4k tokenizer' in out
     from tokenizers import Tokenizer
-    hf = Tokenizer.from_file(str(bpe_run / 'tokenizer.json'))  # read here, not through the code under test
+    file = runs.read_run(bpe_run)['config']['tokenizer_info']['file']  # content-named: tokenizer-<sha>.json
+    hf = Tokenizer.from_file(str(bpe_run / file))  # read here, not through the code under test
     model, _, _, _ = runs.load_run_model(bpe_run)
     [ids] = model.generate([hf.encode(PROMPTS[0], add_special_tokens=False).ids], 16,
                            eot_token=hf.token_to_id(EOT_TEXT))

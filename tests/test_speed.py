@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, run_script
+from conftest import REPO, TINY_MODEL, run_script
 from model import GPT, make_config
 
-CFG = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, vocab_size=256)
+CFG = TINY_MODEL  # conftest's, shared with test_model
 
 
 def train_losses(model, optimizer, steps=4, forward=None):

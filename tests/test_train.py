@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CPU_MALLOC_ENV, REPO, run_script, run_train, train_run
+from conftest import CPU_MALLOC_ENV, REPO, run_script, run_train, snapshot, train_run
 from prepare import load_bin, read_meta, variant_dir
 from tokenizer import load_tokenizer
 from runs import load_checkpoint
@@ -337,12 +337,6 @@ def test_a_killed_run_is_reported_stale_not_running(small_data, tmp_path):
 
 # -----------------------------------------------------------------------------
 # a failed start leaves everything as it was
-
-
-def snapshot(folder):
-    """{relative path: bytes} of every file under folder: 'byte-identical' made checkable."""
-    folder = Path(folder)
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
 
 
 BAD_SETTINGS = [['--model_name=gqa_typo'], ['--n_head=5'], ['--device=cuda:7'], ['--tokenizer=bpe_nope'],
