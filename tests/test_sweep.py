@@ -161,8 +161,6 @@ def test_rerun_plans_skip_extend_diverged_stale_and_refuses_changed_settings(sto
 
 @pytest.mark.slow
 def test_tuned_table_picks_each_variants_best_learning_rate(stopped_sweep, small_data, tmp_path):
-    if '--tune' not in (REPO / 'compare.py').read_text():
-        pytest.skip('compare.py has no --tune yet (issue 14, helper A): the tuned table cannot be checked')
     # the stopped sweep's seed-1 runs are this sweep's learning_rate=3e-3 runs (the smoke config's); one seed
     # does not vary, so it is not in the run names
     out_dir = tmp_path / 'out'
@@ -297,7 +295,7 @@ def test_slurm_cpu_runs_and_submit_errors_with_a_stand_in_sbatch(small_data, tmp
     """A CPU partition (sinfo lists no GPU): no GPU asked for, the cores and memory given; a refused sbatch
     is one line with its reason, and no run is recorded as submitted."""
     refusal = 'sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified'
-    stand_in_slurm(tmp_path, monkeypatch, sbatch=f'echo "{refusal}" >&2\nexit 1')
+    bin_dir = stand_in_slurm(tmp_path, monkeypatch, sbatch=f'echo "{refusal}" >&2\nexit 1')
     out_dir = tmp_path / 'out'
     slurm = ['--launcher', 'slurm', '--partition', 'cpu', '--cpus_per_run', '3', '--mem_gb', '2.5', '--account',
              'nobody', '--parallel', '2']
@@ -308,6 +306,10 @@ def test_slurm_cpu_runs_and_submit_errors_with_a_stand_in_sbatch(small_data, tmp
                                    "then requeued), per run: 0 GPU(s), CPU cores 3, memory 2.5 GB, account nobody")
     code, out = run_main(argv + ['--time_min', '1', '--dry_run'])  # the warning: at most half the time limit
     assert '1 min each (warned 30 s before' in out.splitlines()[0]
+    (bin_dir / 'sinfo').write_text('#!/bin/sh\necho "gpu:a100:4(S:0-1)"\n')  # a GPU partition: one per run
+    code, out = run_main(argv + ['--time_min', '10', '--dry_run'])
+    assert 'per run: 1 GPU(s), CPU cores 3' in out.splitlines()[0]
+    (bin_dir / 'sinfo').write_text('#!/bin/sh\necho "(null)"\n')
     message = error_of(argv + ['--time_min', '10'], capsys)
     assert message == f"sweep.py: error: sbatch refused the job array, nothing was submitted: {refusal}"
     assert 'slurm_tasks' not in json.loads((out_dir / 'tiny' / 'sweep.json').read_text())
