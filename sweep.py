@@ -964,7 +964,7 @@ def launch(args, spec, sweep_dir, planned, todo, record, gpus, parallel, progres
         # glibc would unmap and refault the logits every step: CPU steps twice as slow (BENCHMARKS.md)
         for key, value in (('MALLOC_MMAP_THRESHOLD_', '4000000000'), ('MALLOC_TRIM_THRESHOLD_', '8000000000')):
             env[key] = os.environ.get(key, value)
-    wait_s = signal_delay_s(args.time_min) * 3 // 4 if not local else 0
+    wait_s = signal_delay_s(args.time_min) * 3 // 4 if args.time_min else 90  # train.py's time to save, at most
     jobs = [(r['name'], TrainJob(r['name'], str(r['dir']), r['scratch'], r['resume'] + r['changes'],
                                  str(sweep_dir / 'logs'), os.getcwd(), env, restart=r['action'] == 'restart',
                                  launcher_pid=os.getpid() if local else None, checkpoint_wait_s=wait_s),
