@@ -2,7 +2,11 @@
 and TinyStories data prepared from the sample bundled in data_sample/ (so nothing skips for lack of
 text), plus real smoke-trained runs shared by the compare, eval and sample tests.
 """
+import csv
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +165,116 @@ def pytest_terminal_summary(terminalreporter):
                if isinstance(r.longrepr, tuple) and "slurm_start.sh" in r.longrepr[2]}
     for reason in sorted(reasons):
         terminalreporter.write_line(reason)
+
+
+# -----------------------------------------------------------------------------
+# hand-made run folders, without training: compare.py's input (make_metrics_run) and
+# eval_harness.py's / sample.py's (make_checkpoint_run, with tiny checkpoints)
+
+ITERS = [0, 10, 20, 30]
+TOKENS_PER_ITER = 1024
+METRICS_HEADER = ['iter', 'tokens_seen', 'elapsed_s', 'lr', 'train_loss', 'val_loss', 'grad_norm', 'weight_norm',
+                  'tokens_per_s', 'mfu']
+SHIPPED = REPO / 'eval' / 'prompts_tinystories.json'
+EOT_TEXT = '<|endoftext|>'
+
+
+def read_csv(path):
+    with open(path, newline='', encoding='utf-8') as f:
+        return list(csv.DictReader(f))
+
+
+def make_metrics_run(root, name, final_val, model_name='baseline', seed=1, status='completed', iters=ITERS,
+                     summary=True, vals=None, bpb=None, summary_fields=None, **config_changes):
+    """A run folder as train.py writes it, without checkpoints (what compare.py reads): val loss on iters
+    0, 20 and the last (or at `vals`, a dict iter -> val loss), train loss from iter 10; with bpb, a
+    val_bpb column (bpb at the last iter)."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = dict(out_dir=str(root), run_name=name, seed=seed, model_name=model_name, n_layer=2, n_head=2,
+                  n_embd=32, learning_rate=1e-3, max_iters=iters[-1], batch_size=4, block_size=256,
+                  compile=False, device='cpu', eval_interval=10, started_at='2025-01-01T00:00:00',
+                  model_args=dict(model_name=model_name, n_layer=2, attn_impl='sdpa'), n_params=12345,
+                  tokens_per_iter=TOKENS_PER_ITER, data_dir='data/tinystories',
+                  data=dict(variant='small', source='/data/ts', data_dir='data/tinystories',
+                            source_files=dict(train=dict(path='/data/ts/train.txt', mtime_ns=1)),
+                            train=dict(tokens=1000, sha256='abc')))
+    config.update(config_changes)
+    (run / 'config.json').write_text(json.dumps(config))
+    if vals is None:
+        vals = {it: 10.0 - it / 10 for it in iters if it in (0, 20)} | {iters[-1]: final_val}
+    lines = [','.join(METRICS_HEADER + (['val_bpb'] if bpb is not None else []))]
+    layer_lines = ['iter,layer,grad_norm,weight_norm']
+    for k, it in enumerate(iters):
+        train = '' if it == 0 else 9.0 - it / 10
+        speed = '' if it == 0 else 1000.0 + 10 * k
+        line = (f"{it},{it * TOKENS_PER_ITER},{it * 0.5},{1e-3 * (1 - it / 100)},{train},{vals.get(it, '')},"
+                f"{1.0 + k},{50.0 + k},{speed},")
+        if bpb is not None:
+            line += f",{(bpb if it == iters[-1] else 5.0 - it / 20) if it in vals else ''}"
+        lines.append(line)
+        for layer in ('embed', 'block_0', 'block_1', 'final_norm'):
+            layer_lines.append(f'{it},{layer},{0.1 * (k + 1)},{10.0 + k}')
+    (run / 'metrics.csv').write_text('\n'.join(lines) + '\n')
+    (run / 'layer_norms.csv').write_text('\n'.join(layer_lines) + '\n')
+    if summary:
+        fields = dict(dict(status=status, iters=iters[-1], run_name=name), **(summary_fields or {}))
+        (run / 'summary.json').write_text(json.dumps(fields))
+    return run
+
+
+def tiny_model(seed=0, block_size=64, vocab_size=None):
+    import torch
+    from model import GPT, make_config
+    torch.manual_seed(seed)
+    vocab = {} if vocab_size is None else dict(vocab_size=vocab_size)
+    return GPT(make_config('baseline', n_layer=1, n_head=2, n_embd=16, block_size=block_size, **vocab)).eval()
+
+
+def write_bpe_tokenizer(folder):
+    """A small byte-level BPE trained with Hugging Face tokenizers (as prepare.py trains one), saved as
+    folder/tokenizer.json; returns its info as a checkpoint records it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOT_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator([p['prompt'] for p in json.loads(SHIPPED.read_text())['prompts']], trainer=trainer)
+    path = folder / 'tokenizer.json'
+    hf.save(str(path))
+    return dict(name='bpe400', vocab_size=hf.get_vocab_size(), eot_token=hf.token_to_id(EOT_TEXT),
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(), file='tokenizer.json')
+
+
+def make_checkpoint_run(root, name, steps, seed=0, config=None, summary=None, bpe=False):
+    """A run folder the way train.py leaves it, as far as eval_harness.py and sample.py read it:
+    config.json (run_name plus `config`), summary.json if given, checkpoints at steps. bpe: the run carries its own small BPE
+    tokenizer (tokenizer.json, recorded in its checkpoints); otherwise GPT-2, recorded as older
+    checkpoints did (not at all)."""
+    from runs import save_checkpoint
+    run = root / name
+    (run / 'checkpoints').mkdir(parents=True)
+    (run / 'config.json').write_text(json.dumps(dict(run_name=name, **(config or {}))))
+    (run / 'metrics.csv').write_text('iter,tokens_seen,elapsed_s,lr,train_loss,val_loss,grad_norm,weight_norm,'
+                                     'tokens_per_s,mfu\n')
+    if summary is not None:
+        (run / 'summary.json').write_text(json.dumps(summary))
+    info = write_bpe_tokenizer(run) if bpe else None
+    for step in steps:
+        model = tiny_model(seed + step, vocab_size=info['vocab_size'] if bpe else None)
+        save_checkpoint(run / 'checkpoints' / f'ckpt_{step:06d}.pt', model, iter_num=step,
+                        **(dict(tokenizer=info) if bpe else {}))
+    return run
+
+
+def light_copy(run, dest):
+    """A copy of a run folder whose checkpoints are hard links (fast; the test must not change them)."""
+    shutil.copytree(run, dest, copy_function=lambda src, dst: os.link(src, dst) if src.endswith('.pt')
+                    else shutil.copy2(src, dst))
+    return dest
+
+
+def write_prompts(path, prompts):
+    path.write_text(json.dumps(dict(prompts=prompts)))
+    return path

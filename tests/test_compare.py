@@ -2,7 +2,6 @@
 checked by hand and against scipy called directly, equal-token verdicts, val_bpb, tokenizers, the tuned
 table, statuses, every output file, bad input; and one end-to-end report with stories on real smoke runs."""
 import base64
-import csv
 import json
 import math
 import re
@@ -13,59 +12,12 @@ from scipy import stats
 
 import compare
 import stats as seed_stats
-from conftest import REPO, run_script
+from conftest import METRICS_HEADER, TOKENS_PER_ITER, REPO, make_metrics_run, read_csv, run_script
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 TABLES = ['summary_table.csv', 'summary_table.md', 'groups.csv', 'groups.md', 'report.html']
 PLOTS = ['loss.png', 'zoom.png', 'diff_vs_baseline.png', 'lr.png', 'grad_norm.png', 'weight_norm.png',
          'tokens_per_s.png', 'layer_norms.png']
-ITERS = [0, 10, 20, 30]
-TOKENS_PER_ITER = 1024
-HEADER = ['iter', 'tokens_seen', 'elapsed_s', 'lr', 'train_loss', 'val_loss', 'grad_norm', 'weight_norm',
-          'tokens_per_s', 'mfu']
-
-
-def make_run(root, name, final_val, model_name='baseline', seed=1, status='completed', iters=ITERS,
-             summary=True, vals=None, bpb=None, summary_fields=None, **config_changes):
-    """A run folder as train.py writes it: val loss on iters 0, 20 and the last (or at `vals`, a dict
-    iter -> val loss), train loss from iter 10; with bpb, a val_bpb column (bpb at the last iter)."""
-    run = root / name
-    run.mkdir(parents=True)
-    config = dict(out_dir=str(root), run_name=name, seed=seed, model_name=model_name, n_layer=2, n_head=2,
-                  n_embd=32, learning_rate=1e-3, max_iters=iters[-1], batch_size=4, block_size=256,
-                  compile=False, device='cpu', eval_interval=10, started_at='2025-01-01T00:00:00',
-                  model_args=dict(model_name=model_name, n_layer=2, attn_impl='sdpa'), n_params=12345,
-                  tokens_per_iter=TOKENS_PER_ITER, data_dir='data/tinystories',
-                  data=dict(variant='small', source='/data/ts', data_dir='data/tinystories',
-                            source_files=dict(train=dict(path='/data/ts/train.txt', mtime_ns=1)),
-                            train=dict(tokens=1000, sha256='abc')))
-    config.update(config_changes)
-    (run / 'config.json').write_text(json.dumps(config))
-    if vals is None:
-        vals = {it: 10.0 - it / 10 for it in iters if it in (0, 20)} | {iters[-1]: final_val}
-    lines = [','.join(HEADER + (['val_bpb'] if bpb is not None else []))]
-    layer_lines = ['iter,layer,grad_norm,weight_norm']
-    for k, it in enumerate(iters):
-        train = '' if it == 0 else 9.0 - it / 10
-        speed = '' if it == 0 else 1000.0 + 10 * k
-        line = (f"{it},{it * TOKENS_PER_ITER},{it * 0.5},{1e-3 * (1 - it / 100)},{train},{vals.get(it, '')},"
-                f"{1.0 + k},{50.0 + k},{speed},")
-        if bpb is not None:
-            line += f",{(bpb if it == iters[-1] else 5.0 - it / 20) if it in vals else ''}"
-        lines.append(line)
-        for layer in ('embed', 'block_0', 'block_1', 'final_norm'):
-            layer_lines.append(f'{it},{layer},{0.1 * (k + 1)},{10.0 + k}')
-    (run / 'metrics.csv').write_text('\n'.join(lines) + '\n')
-    (run / 'layer_norms.csv').write_text('\n'.join(layer_lines) + '\n')
-    if summary:
-        fields = dict(dict(status=status, iters=iters[-1], run_name=name), **(summary_fields or {}))
-        (run / 'summary.json').write_text(json.dumps(fields))
-    return run
-
-
-def read_csv(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
 
 
 def group_rows(out, metric='val_loss', baseline=None):
@@ -81,10 +33,10 @@ def group_rows(out, metric='val_loss', baseline=None):
 def two_groups(tmp_path):
     """baseline 1.8 / 1.9 and gqa 2.0 / 2.2 final val loss, two seeds each."""
     out = tmp_path / 'out'
-    make_run(out, 'baseline_s1', 1.8, seed=1)
-    make_run(out, 'baseline_s2', 1.9, seed=2)
-    make_run(out, 'gqa_s1', 2.0, model_name='gqa', seed=1)
-    make_run(out, 'gqa_s2', 2.2, model_name='gqa', seed=2)
+    make_metrics_run(out, 'baseline_s1', 1.8, seed=1)
+    make_metrics_run(out, 'baseline_s2', 1.9, seed=2)
+    make_metrics_run(out, 'gqa_s1', 2.0, model_name='gqa', seed=1)
+    make_metrics_run(out, 'gqa_s2', 2.2, model_name='gqa', seed=2)
     return out
 
 # -----------------------------------------------------------------------------
@@ -150,10 +102,10 @@ def test_pairing_narrows_the_interval_and_holm_adjusts_verdicts(tmp_path):
     better = {1: 1.95, 2: 2.26, 3: 2.54}
     shifted = {1: 2.1, 2: 2.45, 3: 2.8}  # +0.10, +0.15, +0.20: paired p about 0.035
     for seed in base:
-        make_run(out, f'baseline_s{seed}', base[seed], seed=seed)
-        make_run(out, f'paired_s{seed}', better[seed], model_name='paired', seed=seed)
-        make_run(out, f'unpaired_s{seed + 3}', better[seed], model_name='unpaired', seed=seed + 3)
-        make_run(out, f'shifted_s{seed}', shifted[seed], model_name='shifted', seed=seed)
+        make_metrics_run(out, f'baseline_s{seed}', base[seed], seed=seed)
+        make_metrics_run(out, f'paired_s{seed}', better[seed], model_name='paired', seed=seed)
+        make_metrics_run(out, f'unpaired_s{seed + 3}', better[seed], model_name='unpaired', seed=seed + 3)
+        make_metrics_run(out, f'shifted_s{seed}', shifted[seed], model_name='shifted', seed=seed)
     rows = group_rows(out)
     paired, unpaired, shifted_row = rows['paired'], rows['unpaired'], rows['shifted']
     b, g = list(base.values()), list(better.values())
@@ -183,10 +135,10 @@ def test_verdict_at_equal_tokens_interpolates_between_eval_points(tmp_path):
     """The baseline evaluates every 10 iterations to 30; the variant at 0, 15, 25 and stopped at 25.
     The verdict is taken at 25 iterations' tokens, the baseline interpolated halfway between 20 and 30."""
     out = tmp_path / 'out'
-    make_run(out, 'baseline_s1', 3.0, seed=1, vals={0: 10.0, 10: 6.0, 20: 4.0, 30: 3.0})
-    make_run(out, 'baseline_s2', 3.1, seed=2, vals={0: 10.0, 10: 6.2, 20: 4.2, 30: 3.1})
+    make_metrics_run(out, 'baseline_s1', 3.0, seed=1, vals={0: 10.0, 10: 6.0, 20: 4.0, 30: 3.0})
+    make_metrics_run(out, 'baseline_s2', 3.1, seed=2, vals={0: 10.0, 10: 6.2, 20: 4.2, 30: 3.1})
     for seed, (mid, last) in enumerate([(5.0, 3.4), (5.2, 3.5)], start=1):
-        make_run(out, f'late_s{seed}', last, model_name='late', seed=seed, status='running',
+        make_metrics_run(out, f'late_s{seed}', last, model_name='late', seed=seed, status='running',
                  iters=[0, 5, 15, 25], vals={0: 10.0, 15: mid, 25: last}, max_iters=30)
     rows = group_rows(out)
     late = rows['late']
@@ -204,11 +156,11 @@ def test_verdict_at_equal_tokens_interpolates_between_eval_points(tmp_path):
 def test_single_run_groups_against_a_replicated_baseline(tmp_path):
     out = tmp_path / 'out'
     for seed, loss in enumerate([1.5, 1.51, 1.52], start=1):
-        make_run(out, f'baseline_s{seed}', loss, seed=seed)
+        make_metrics_run(out, f'baseline_s{seed}', loss, seed=seed)
     for seed, loss in enumerate([2.0, 2.01, 2.02], start=1):
-        make_run(out, f'mqa_s{seed}', loss, model_name='mqa', seed=seed + 10)
-    make_run(out, 'qk_s1', 1.4, model_name='qk_norm')
-    make_run(out, 'lonely_s1', 1.6, model_name='lonely')
+        make_metrics_run(out, f'mqa_s{seed}', loss, model_name='mqa', seed=seed + 10)
+    make_metrics_run(out, 'qk_s1', 1.4, model_name='qk_norm')
+    make_metrics_run(out, 'lonely_s1', 1.6, model_name='lonely')
     rows = group_rows(out)
     assert rows['mqa']['verdict'] == 'higher val_loss than baseline, beyond noise at 30,720 tokens'
     assert rows['mqa']['ci95_low'] == pytest.approx(0.5 - 2.776 * math.sqrt(2e-4 / 3), abs=1e-4)
@@ -233,19 +185,19 @@ def test_single_run_groups_against_a_replicated_baseline(tmp_path):
 
 def test_seed_groups_ignore_bookkeeping_but_split_on_training_settings(tmp_path):
     out = tmp_path / 'out'
-    make_run(out, 'a', 2.0, seed=1)
+    make_metrics_run(out, 'a', 2.0, seed=1)
     moved = dict(variant='small', source='/elsewhere', data_dir='/scratch/ts',
                  source_files=dict(train=dict(path='/elsewhere/train.txt', mtime_ns=2)),
                  train=dict(tokens=1000, sha256='abc'))
-    make_run(out, 'b', 2.1, seed=2, compile=True, device='cuda', eval_interval=5, started_at='later',
+    make_metrics_run(out, 'b', 2.1, seed=2, compile=True, device='cuda', eval_interval=5, started_at='later',
              data_dir='/scratch/ts', data=moved,
              model_args=dict(model_name='baseline', n_layer=2, attn_impl='math'))
-    make_run(out, 'c', 2.2, seed=3, learning_rate=3e-3)
-    make_run(out, 'd', 2.3, seed=4, model_args=dict(model_name='baseline', n_layer=3, attn_impl='sdpa'))
-    make_run(out, 'e', 2.4, seed=5, data=dict(moved, train=dict(tokens=1000, sha256='other bins')))
-    make_run(out, 'f', 2.5, seed=6, n_layer=4, n_params=99999,
+    make_metrics_run(out, 'c', 2.2, seed=3, learning_rate=3e-3)
+    make_metrics_run(out, 'd', 2.3, seed=4, model_args=dict(model_name='baseline', n_layer=3, attn_impl='sdpa'))
+    make_metrics_run(out, 'e', 2.4, seed=5, data=dict(moved, train=dict(tokens=1000, sha256='other bins')))
+    make_metrics_run(out, 'f', 2.5, seed=6, n_layer=4, n_params=99999,
              model_args=dict(model_name='baseline', n_layer=4, attn_impl='sdpa'))
-    make_run(out, 'g', 2.6, seed=1)  # a's seed again: a rerun, not a new replicate
+    make_metrics_run(out, 'g', 2.6, seed=1)  # a's seed again: a rerun, not a new replicate
     loaded, skipped = compare.load_runs(sorted(out.iterdir()))
     groups = compare.seed_groups(loaded)
     assert [[r['name'] for r in g['runs']] for g in groups] == [['a', 'b', 'g'], ['c'], ['d'], ['e'], ['f']]
@@ -277,9 +229,9 @@ def test_a_killed_run_never_moves_the_comparison_point(tmp_path):
     verdict down to its last evaluation. It is named and left out; the point is where the completed runs are."""
     out = tmp_path / 'out'
     for seed in (1, 2, 3):
-        make_run(out, f'baseline_s{seed}', 2.0 + 0.1 * seed, seed=seed)
-        make_run(out, f'gqa_s{seed}', 2.1 + 0.1 * seed + 0.002 * seed, model_name='gqa', seed=seed)
-    make_run(out, 'baseline_s9', 5.0, seed=9, status='running', iters=[0, 10], vals={0: 10.0, 10: 5.0},
+        make_metrics_run(out, f'baseline_s{seed}', 2.0 + 0.1 * seed, seed=seed)
+        make_metrics_run(out, f'gqa_s{seed}', 2.1 + 0.1 * seed + 0.002 * seed, model_name='gqa', seed=seed)
+    make_metrics_run(out, 'baseline_s9', 5.0, seed=9, status='running', iters=[0, 10], vals={0: 10.0, 10: 5.0},
              summary_fields=STALE, max_iters=30)
     rows = group_rows(out)
     gqa = rows['gqa']
@@ -289,8 +241,8 @@ def test_a_killed_run_never_moves_the_comparison_point(tmp_path):
     assert 'baseline_s9 (stale (process gone; resume it)) did not reach 30,720 tokens' in gqa['notes']
     assert gqa['verdict'] == 'higher val_loss than baseline, beyond noise at 30,720 tokens'
     # the point is never the untrained model's: with no evaluation in common after 0 there is no verdict
-    make_run(out, 'late_s1', 2.0, model_name='late', seed=1, iters=[0, 5], vals={0: 10.0, 5: 2.0})
-    make_run(out, 'late_s2', 2.0, model_name='late', seed=2, iters=[0, 5], vals={0: 10.0, 5: 2.0})
+    make_metrics_run(out, 'late_s1', 2.0, model_name='late', seed=1, iters=[0, 5], vals={0: 10.0, 5: 2.0})
+    make_metrics_run(out, 'late_s2', 2.0, model_name='late', seed=2, iters=[0, 5], vals={0: 10.0, 5: 2.0})
     late = group_rows(out)['late']
     assert late['at_tokens'] == 5 * TOKENS_PER_ITER and 'interpolated' in late['method']
 
@@ -303,9 +255,9 @@ def test_partial_pairing_uses_every_run(tmp_path):
     base = {seed: 2.0 + 0.01 * rng.standard_normal() for seed in range(1, 11)}
     variant = {seed: 1.98 + 0.01 * rng.standard_normal() for seed in range(9, 19)}
     for seed, value in base.items():
-        make_run(out, f'baseline_s{seed}', value, seed=seed)
+        make_metrics_run(out, f'baseline_s{seed}', value, seed=seed)
     for seed, value in variant.items():
-        make_run(out, f'rope_s{seed}', value, model_name='rope', seed=seed)
+        make_metrics_run(out, f'rope_s{seed}', value, model_name='rope', seed=seed)
     rope = group_rows(out)['rope']
     check = stats.ttest_ind(list(variant.values()), list(base.values()), equal_var=False)
     assert rope['method'] == 'Welch (n=10 vs 10)' and rope['n'] == 10
@@ -319,12 +271,12 @@ def test_a_copy_or_rerun_counts_once(tmp_path, capsys):
     out = tmp_path / 'out'
     base, gqa = {1: 2.0, 2: 2.3, 3: 2.1}, {1: 2.04, 2: 2.31, 3: 2.16}
     for seed in base:
-        make_run(out, f'baseline_s{seed}', base[seed], seed=seed)
-        make_run(out, f'gqa_s{seed}', gqa[seed], model_name='gqa', seed=seed)
-    make_run(out, 'baseline_s1_copy', base[1], seed=1)
-    make_run(out, 'gqa_s2_rerun', gqa[2], model_name='gqa', seed=2)
+        make_metrics_run(out, f'baseline_s{seed}', base[seed], seed=seed)
+        make_metrics_run(out, f'gqa_s{seed}', gqa[seed], model_name='gqa', seed=seed)
+    make_metrics_run(out, 'baseline_s1_copy', base[1], seed=1)
+    make_metrics_run(out, 'gqa_s2_rerun', gqa[2], model_name='gqa', seed=2)
     # a stale first try of seed 3 and its completed rerun: the completed one is the replicate
-    make_run(out, 'gqa_s3_try', 9.0, model_name='gqa', seed=3, status='running', iters=[0, 10],
+    make_metrics_run(out, 'gqa_s3_try', 9.0, model_name='gqa', seed=3, status='running', iters=[0, 10],
              vals={0: 10.0, 10: 9.0}, summary_fields=STALE, max_iters=30)
     compare.main([str(out), '--report_dir', str(tmp_path / 'r'), '--no_samples'])
     printed = capsys.readouterr().out
@@ -345,9 +297,9 @@ def test_a_difference_below_the_floor_is_no_difference_and_zero_spread_no_p_valu
     difference', not 'beyond noise'. Identical differences on every seed give no p-value, never p = 0."""
     out = tmp_path / 'out'
     for seed, value in ((1, 2.0), (7, 2.3)):
-        make_run(out, f'baseline_s{seed}', value, seed=seed)
-        make_run(out, f'accum_s{seed}', value + 4.8e-7, model_name='accum', seed=seed)
-        make_run(out, f'exact_s{seed}', value + 0.5, model_name='exact', seed=seed)  # 2.5 - 2.0 == 2.8 - 2.3
+        make_metrics_run(out, f'baseline_s{seed}', value, seed=seed)
+        make_metrics_run(out, f'accum_s{seed}', value + 4.8e-7, model_name='accum', seed=seed)
+        make_metrics_run(out, f'exact_s{seed}', value + 0.5, model_name='exact', seed=seed)  # 2.5 - 2.0 == 2.8 - 2.3
     rows = group_rows(out)
     assert rows['accum']['verdict'] == 'no difference (|diff| < min_effect 0.0001) at 30,720 tokens'
     exact = rows['exact']
@@ -370,12 +322,12 @@ def test_divergence_is_an_outcome(tmp_path):
     diverged is said as such."""
     out = tmp_path / 'out'
     for seed in range(1, 7):
-        make_run(out, f'baseline_s{seed}', 2.0 + 0.01 * seed, seed=seed)
+        make_metrics_run(out, f'baseline_s{seed}', 2.0 + 0.01 * seed, seed=seed)
         diverged = seed <= 4
-        make_run(out, f'hot_s{seed}', math.inf if diverged else 2.0 + 0.01 * seed + 0.001 * (-1) ** seed,
+        make_metrics_run(out, f'hot_s{seed}', math.inf if diverged else 2.0 + 0.01 * seed + 0.001 * (-1) ** seed,
                  model_name='hot', seed=seed, status='diverged' if diverged else 'completed')
-        make_run(out, f'boom_s{seed}', math.inf, model_name='boom', seed=seed, status='diverged')
-        make_run(out, f'rare_s{seed}', math.inf if seed == 1 else 2.0 + 0.01 * seed, model_name='rare',
+        make_metrics_run(out, f'boom_s{seed}', math.inf, model_name='boom', seed=seed, status='diverged')
+        make_metrics_run(out, f'rare_s{seed}', math.inf if seed == 1 else 2.0 + 0.01 * seed, model_name='rare',
                  seed=seed, status='diverged' if seed == 1 else 'completed')
     rows = group_rows(out)
     p = stats.fisher_exact([[4, 2], [0, 6]], alternative='greater')[1]
@@ -395,9 +347,9 @@ def test_verdicts_at_an_evaluation_every_run_has(tmp_path):
     out = tmp_path / 'out'
     loss = lambda it, seed: 2.0 + 8.0 / (1 + it / 5) + 0.1 * seed
     for seed in (1, 2, 3):
-        make_run(out, f'baseline_s{seed}', loss(40, seed), seed=seed, iters=[0, 10, 20, 30, 40],
+        make_metrics_run(out, f'baseline_s{seed}', loss(40, seed), seed=seed, iters=[0, 10, 20, 30, 40],
                  vals={it: loss(it, seed) for it in (0, 20, 40)})
-        make_run(out, f'short_s{seed}', 0, model_name='short', seed=seed, iters=[0, 10, 20, 30],
+        make_metrics_run(out, f'short_s{seed}', 0, model_name='short', seed=seed, iters=[0, 10, 20, 30],
                  vals={it: loss(it, seed) - 0.05 for it in (0, 10, 20, 30)})
     short = group_rows(out)['short']
     assert short['at_tokens'] == 20 * TOKENS_PER_ITER and 'interpolated' not in short['method']
@@ -414,7 +366,7 @@ def test_tuned_on_some_seeds_reported_on_others(tmp_path, capsys):
               ('gqa', 1e-3): [2.05, 2.15, 2.05, 2.15], ('gqa', 3e-3): [1.80, 1.91, 2.01, 2.09]}
     for (model_name, lr), losses in finals.items():
         for seed, loss in enumerate(losses, start=1):
-            make_run(out, f'{model_name}_lr{lr:g}_s{seed}', loss, model_name=model_name, seed=seed,
+            make_metrics_run(out, f'{model_name}_lr{lr:g}_s{seed}', loss, model_name=model_name, seed=seed,
                      learning_rate=lr)
     r = tmp_path / 'r'
     compare.main([str(out), '--tune', 'learning_rate', '--report_dir', str(r), '--no_samples'])
@@ -538,20 +490,20 @@ def test_every_output_exists_and_parses(two_groups, tmp_path):
 
 def test_statuses_are_labelled_and_figures_match_the_files(tmp_path, capsys):
     out = tmp_path / 'out'
-    make_run(out, 'base_done', 1.8, seed=1)
-    make_run(out, 'base_running', 2.5, seed=2, status='running', iters=[0, 10, 20], max_iters=30)
+    make_metrics_run(out, 'base_done', 1.8, seed=1)
+    make_metrics_run(out, 'base_running', 2.5, seed=2, status='running', iters=[0, 10, 20], max_iters=30)
     # Ctrl-C at iteration 24: the last metrics row is 20, the checkpoint and summary.json say 24
-    make_run(out, 'base_interrupted', 1.95, seed=3, status='interrupted', iters=[0, 10, 20], max_iters=30,
+    make_metrics_run(out, 'base_interrupted', 1.95, seed=3, status='interrupted', iters=[0, 10, 20], max_iters=30,
              summary_fields=dict(iters=24, tokens_seen=24 * TOKENS_PER_ITER))
-    make_run(out, 'base_diverged', float('inf'), seed=4, status='diverged')
-    make_run(out, 'base_nosummary', 1.85, seed=5, summary=False)
+    make_metrics_run(out, 'base_diverged', float('inf'), seed=4, status='diverged')
+    make_metrics_run(out, 'base_nosummary', 1.85, seed=5, summary=False)
     # summary.json says running, but its host has not been heard from since 2020
-    make_run(out, 'base_stale', 1.9, seed=6, status='running',
+    make_metrics_run(out, 'base_stale', 1.9, seed=6, status='running',
              summary_fields=dict(host='another-host', pid=123, heartbeat_at='2020-01-01T00:00:00+00:00'))
-    make_run(out, 'base_failed', 1.97, seed=7, status='failed', summary_fields=dict(message='disk full'))
-    started = make_run(out, 'gqa_started', 0, model_name='gqa', status='running',
+    make_metrics_run(out, 'base_failed', 1.97, seed=7, status='failed', summary_fields=dict(message='disk full'))
+    started = make_metrics_run(out, 'gqa_started', 0, model_name='gqa', status='running',
                        summary_fields=dict(iters=0, tokens_seen=0))
-    (started / 'metrics.csv').write_text(','.join(HEADER) + '\n')  # no step logged yet
+    (started / 'metrics.csv').write_text(','.join(METRICS_HEADER) + '\n')  # no step logged yet
     compare.main([str(out), '--report_dir', str(tmp_path / 'r')])
     err = capsys.readouterr().err
     rows = {r['run']: r for r in read_csv(tmp_path / 'r' / 'summary_table.csv')}
@@ -585,11 +537,11 @@ def test_statuses_are_labelled_and_figures_match_the_files(tmp_path, capsys):
 
 def test_metric_val_bpb_and_older_runs_without_it(tmp_path, capsys):
     out = tmp_path / 'out'
-    make_run(out, 'baseline_s1', 1.8, seed=1, bpb=0.60)
-    make_run(out, 'baseline_s2', 1.9, seed=2, bpb=0.62)
-    make_run(out, 'gqa_s1', 2.0, model_name='gqa', seed=1, bpb=0.70)
-    make_run(out, 'gqa_s2', 2.2, model_name='gqa', seed=2, bpb=0.71)
-    make_run(out, 'gqa_s3', 2.1, model_name='gqa', seed=3)  # written before val_bpb was logged
+    make_metrics_run(out, 'baseline_s1', 1.8, seed=1, bpb=0.60)
+    make_metrics_run(out, 'baseline_s2', 1.9, seed=2, bpb=0.62)
+    make_metrics_run(out, 'gqa_s1', 2.0, model_name='gqa', seed=1, bpb=0.70)
+    make_metrics_run(out, 'gqa_s2', 2.2, model_name='gqa', seed=2, bpb=0.71)
+    make_metrics_run(out, 'gqa_s3', 2.1, model_name='gqa', seed=3)  # written before val_bpb was logged
     compare.main([str(out), '--metric', 'val_bpb', '--x', 'time', '--report_dir', str(tmp_path / 'r'),
                   '--no_samples'])
     assert 'curves against training time (s, evaluation excluded)' in (tmp_path / 'r' / 'report.html').read_text()
@@ -612,10 +564,10 @@ def test_metric_val_bpb_and_older_runs_without_it(tmp_path, capsys):
 def test_runs_on_different_tokenizers_are_judged_on_bits_per_byte(tmp_path):
     out = tmp_path / 'out'
     bpe = dict(name='bpe4k', vocab_size=4096, eot_token=0, sha256='f00', file='tokenizer.json')
-    make_run(out, 'baseline_s1', 7.0, seed=1, bpb=0.60)
-    make_run(out, 'baseline_s2', 7.1, seed=2, bpb=0.61)
-    make_run(out, 'bpe_s1', 3.0, seed=1, bpb=0.64, tokenizer=bpe)
-    make_run(out, 'bpe_s2', 3.1, seed=2, bpb=0.66, tokenizer=bpe)
+    make_metrics_run(out, 'baseline_s1', 7.0, seed=1, bpb=0.60)
+    make_metrics_run(out, 'baseline_s2', 7.1, seed=2, bpb=0.61)
+    make_metrics_run(out, 'bpe_s1', 3.0, seed=1, bpb=0.64, tokenizer=bpe)
+    make_metrics_run(out, 'bpe_s2', 3.1, seed=2, bpb=0.66, tokenizer=bpe)
     loaded, _ = compare.load_runs(sorted(out.iterdir()))
     groups = compare.seed_groups(loaded)
     assert len(groups) == 2  # the tokenizer is a setting: it splits groups
@@ -645,7 +597,7 @@ def test_tuned_table_compares_each_variant_at_its_own_best_learning_rate(tmp_pat
               ('gqa', 1e-3): [1.7, 1.82], ('gqa', 3e-3): [2.2, 2.3]}           # best 1e-3, mean 1.76
     for (model_name, lr), losses in finals.items():
         for seed, loss in enumerate(losses, start=1):
-            make_run(out, f'{model_name}_lr{lr:g}_s{seed}', loss, model_name=model_name, seed=seed,
+            make_metrics_run(out, f'{model_name}_lr{lr:g}_s{seed}', loss, model_name=model_name, seed=seed,
                      learning_rate=lr)
     compare.main([str(out), '--tune', 'learning_rate', '--report_dir', str(tmp_path / 'r'), '--no_samples'])
     tuned = read_csv(tmp_path / 'r' / 'tuned.csv')
@@ -687,9 +639,9 @@ def test_baseline_flag_and_runs_glob_filter(two_groups, tmp_path):
 
 
 def test_malformed_folders_are_named_and_skipped(two_groups, capsys):
-    bad = make_run(two_groups, 'bad_metrics', 2.0, seed=9)
-    (bad / 'metrics.csv').write_text(','.join(HEADER) + '\n0,0,0,0.001,,oops,1,1,,\n')
-    (make_run(two_groups, 'bad_config', 2.0, seed=8) / 'config.json').write_text('{"seed": 1,')
+    bad = make_metrics_run(two_groups, 'bad_metrics', 2.0, seed=9)
+    (bad / 'metrics.csv').write_text(','.join(METRICS_HEADER) + '\n0,0,0,0.001,,oops,1,1,,\n')
+    (make_metrics_run(two_groups, 'bad_config', 2.0, seed=8) / 'config.json').write_text('{"seed": 1,')
     loaded, skipped = compare.load_runs(compare.find_runs(two_groups))
     err = capsys.readouterr().err
     assert [r['name'] for r in loaded] == ['baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2']

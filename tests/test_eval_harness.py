@@ -3,87 +3,22 @@ path, batched generation against one prompt at a time, each bad prompt file, ski
 checkpoint, seed-group aggregation by hand, run status, each run's own tokenizer, an unwritable report
 folder, the shipped prompt file, and an end-to-end run on real smoke-trained checkpoints."""
 import collections
-import csv
-import hashlib
 import json
 import math
-import os
 import shutil
 import socket
 
 import pytest
-import torch
 
 import eval_harness as eh
 import runs
-from conftest import REPO, dead_pid, run_script
-from model import GPT, make_config
-from runs import load_checkpoint, save_checkpoint
+from conftest import (EOT_TEXT, REPO, SHIPPED, dead_pid, light_copy, make_checkpoint_run, read_csv, run_script,
+                      tiny_model, write_prompts)
+from runs import load_checkpoint
 from tokenizer import load_tokenizer
 
 OUTPUTS = ['eval_results.csv', 'summary_table.csv', 'summary_table.md', 'groups.csv', 'category_breakdown.csv',
            'difficulty_breakdown.csv', 'settings.json']
-SHIPPED = REPO / 'eval' / 'prompts_tinystories.json'
-EOT_TEXT = '<|endoftext|>'
-
-
-def read_csv(path):
-    with open(path, newline='', encoding='utf-8') as f:
-        return list(csv.DictReader(f))
-
-
-def tiny_model(seed=0, block_size=64, vocab_size=None):
-    torch.manual_seed(seed)
-    vocab = {} if vocab_size is None else dict(vocab_size=vocab_size)
-    return GPT(make_config('baseline', n_layer=1, n_head=2, n_embd=16, block_size=block_size, **vocab)).eval()
-
-
-def write_bpe_tokenizer(folder):
-    """A small byte-level BPE trained with Hugging Face tokenizers (as prepare.py trains one), saved as
-    folder/tokenizer.json; returns its info as a checkpoint records it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    hf = Tokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOT_TEXT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    hf.train_from_iterator([p['prompt'] for p in json.loads(SHIPPED.read_text())['prompts']], trainer=trainer)
-    path = folder / 'tokenizer.json'
-    hf.save(str(path))
-    return dict(name='bpe400', vocab_size=hf.get_vocab_size(), eot_token=hf.token_to_id(EOT_TEXT),
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(), file='tokenizer.json')
-
-
-def make_run(root, name, steps, seed=0, config=None, summary=None, bpe=False):
-    """A run folder the way train.py leaves it, as far as the harness reads it: config.json (run_name plus
-    `config`), summary.json if given, checkpoints at steps. bpe: the run carries its own small BPE
-    tokenizer (tokenizer.json, recorded in its checkpoints); otherwise GPT-2, recorded as older
-    checkpoints did (not at all)."""
-    run = root / name
-    (run / 'checkpoints').mkdir(parents=True)
-    (run / 'config.json').write_text(json.dumps(dict(run_name=name, **(config or {}))))
-    (run / 'metrics.csv').write_text('iter,tokens_seen,elapsed_s,lr,train_loss,val_loss,grad_norm,weight_norm,'
-                                     'tokens_per_s,mfu\n')
-    if summary is not None:
-        (run / 'summary.json').write_text(json.dumps(summary))
-    info = write_bpe_tokenizer(run) if bpe else None
-    for step in steps:
-        model = tiny_model(seed + step, vocab_size=info['vocab_size'] if bpe else None)
-        save_checkpoint(run / 'checkpoints' / f'ckpt_{step:06d}.pt', model, iter_num=step,
-                        **(dict(tokenizer=info) if bpe else {}))
-    return run
-
-
-def light_copy(run, dest):
-    """A copy of a run folder whose checkpoints are hard links (fast; the test must not change them)."""
-    shutil.copytree(run, dest, copy_function=lambda src, dst: os.link(src, dst) if src.endswith('.pt')
-                    else shutil.copy2(src, dst))
-    return dest
-
-
-def write_prompts(path, prompts):
-    path.write_text(json.dumps(dict(prompts=prompts)))
-    return path
 
 
 GEN = dict(id='g1', category='gender', difficulty=1, score=1, prompt='Tom is a boy. Lily is a', answers=['girl'])
@@ -273,7 +208,7 @@ BAD_FILES = [
 @pytest.mark.parametrize('content, message', [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
 def test_bad_prompt_file_is_one_line_before_any_model_loads(tmp_path, monkeypatch, content, message):
     out = tmp_path / 'out'
-    make_run(out, 'run_a', [10])
+    make_checkpoint_run(out, 'run_a', [10])
     path = tmp_path / 'prompts.json'
     if isinstance(content, str):
         path.write_text(content)
@@ -304,9 +239,9 @@ def test_bad_prompt_file_from_the_command_line(tmp_path):
 
 def test_runs_without_checkpoints_or_the_step_are_skipped(tmp_path, capsys):
     out = tmp_path / 'out'
-    make_run(out, 'a_both', [10, 20])
-    make_run(out, 'b_none', [])
-    make_run(out, 'c_only10', [10])
+    make_checkpoint_run(out, 'a_both', [10, 20])
+    make_checkpoint_run(out, 'b_none', [])
+    make_checkpoint_run(out, 'c_only10', [10])
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC])
     report = tmp_path / 'report'
     eh.main(['--out_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--report_dir', str(report),
@@ -326,8 +261,8 @@ def test_runs_without_checkpoints_or_the_step_are_skipped(tmp_path, capsys):
 
 def test_latest_checkpoint_by_default_and_every_output_written(tmp_path):
     out = tmp_path / 'out'
-    make_run(out, 'r1', [5, 40, 12])
-    make_run(out, 'r2', [7])
+    make_checkpoint_run(out, 'r1', [5, 40, 12])
+    make_checkpoint_run(out, 'r2', [7])
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC, dict(MC, id='m2', category='gender', difficulty=3, score=3)])
     report = tmp_path / 'report'
     eh.main(['--runs_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--report_dir', str(report), '--max_new_tokens', '4',
@@ -350,7 +285,7 @@ def test_latest_checkpoint_by_default_and_every_output_written(tmp_path):
 
 def test_sampling_settings_are_recorded_and_reproducible(tmp_path):
     out = tmp_path / 'out'
-    make_run(out, 'r1', [10])
+    make_checkpoint_run(out, 'r1', [10])
     prompts = write_prompts(tmp_path / 'p.json', [GEN, dict(GEN, id='g2', prompt='Dad is a man. Mom is a')])
     texts = []
     for name in ('a', 'b'):
@@ -399,9 +334,9 @@ def test_shipped_prompt_file_validates_and_meets_the_counts():
 
 def test_best_checkpoint_is_evaluated_when_asked(tmp_path, capsys):
     out = tmp_path / 'out'
-    run = make_run(out, 'r1', [10, 20])
+    run = make_checkpoint_run(out, 'r1', [10, 20])
     shutil.copy(run / 'checkpoints' / 'ckpt_000010.pt', runs.best_checkpoint_path(run))
-    make_run(out, 'r2', [5])
+    make_checkpoint_run(out, 'r2', [5])
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC, dict(GEN, id='g2', prompt='Dad is a man. Mom is a')])
     common = ['--runs_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--max_new_tokens', '6', '--device', 'cpu']
     eh.main(common + ['--checkpoint_step', 'best', '--report_dir', str(tmp_path / 'best')])
@@ -454,11 +389,11 @@ def test_group_statistics_by_hand():
 
 def test_groups_and_status_beside_the_per_run_rows(tmp_path):
     out = tmp_path / 'out'
-    make_run(out, 'base_s1', [10], seed=1, config=dict(model_name='baseline', seed=1),
+    make_checkpoint_run(out, 'base_s1', [10], seed=1, config=dict(model_name='baseline', seed=1),
              summary=dict(status='completed'))
-    make_run(out, 'base_s2', [10], seed=2, config=dict(model_name='baseline', seed=2),
+    make_checkpoint_run(out, 'base_s2', [10], seed=2, config=dict(model_name='baseline', seed=2),
              summary=dict(status='running', host=socket.gethostname(), pid=dead_pid()))
-    make_run(out, 'wide_s1', [10], seed=3, config=dict(model_name='baseline', seed=1, n_embd=32),
+    make_checkpoint_run(out, 'wide_s1', [10], seed=3, config=dict(model_name='baseline', seed=1, n_embd=32),
              summary=dict(status='failed', message='out of memory'))
     prompts = write_prompts(tmp_path / 'p.json', [GEN, MC, dict(MC, id='m2', prompt='The ice is cold, but the fire is',
                                                                   choices=['hot', 'cold'])])
@@ -487,8 +422,8 @@ def test_each_run_is_evaluated_with_its_own_tokenizer(tmp_path):
     evaluated."""
     from tokenizers import Tokenizer
     out = tmp_path / 'out'
-    make_run(out, 'a_gpt2', [10])
-    bpe = make_run(out, 'b_bpe', [10], seed=4, bpe=True)
+    make_checkpoint_run(out, 'a_gpt2', [10])
+    bpe = make_checkpoint_run(out, 'b_bpe', [10], seed=4, bpe=True)
     prompts = write_prompts(tmp_path / 'p.json', [GEN, dict(GEN, id='g2', prompt='Dad is a man. Mom is a'), MC])
     args = ['--runs_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--max_new_tokens', '8', '--device', 'cpu']
     eh.main(args + ['--report_dir', str(tmp_path / 'ok')])
@@ -537,7 +472,7 @@ def test_bpe_run_is_evaluated_with_its_own_tokenizer(bpe_run, tmp_path):
 
 def test_unwritable_report_dir_is_one_line(tmp_path, monkeypatch):
     out = tmp_path / 'out'
-    make_run(out, 'r1', [10])
+    make_checkpoint_run(out, 'r1', [10])
     prompts = write_prompts(tmp_path / 'p.json', [GEN])
     (tmp_path / 'a_file').write_text('not a folder')
     args = ['--runs_dir', str(out), '--probes', 'prompts', '--prompts', str(prompts), '--max_new_tokens', '4', '--device', 'cpu']

@@ -16,7 +16,7 @@ import eval_harness as eh
 import probes
 from model import GPT, make_config
 from runs import save_checkpoint
-from test_eval_harness import write_bpe_tokenizer
+from conftest import write_bpe_tokenizer
 
 SETTINGS = dict(probes.DEFAULT_SETTINGS, length_sequences=3, length_buckets=4, copy_sequences=5, copy_tokens=6)
 STORIES = ['Once upon a time a cat sat on a mat.', 'Tom ran to the park. He was happy.', 'The sun was hot.',

@@ -13,7 +13,7 @@ import pytest
 
 import compare
 import runs
-from test_compare import TOKENS_PER_ITER, make_run, read_csv
+from conftest import TOKENS_PER_ITER, make_metrics_run, read_csv
 
 matplotlib.use('Agg')
 VIEWPORT = (1280, 800)
@@ -32,15 +32,15 @@ def many_groups(out):
     """The zoo's shape: a baseline and 5 variants of 3 seeds (a long label, a diverging one), CPU runs."""
     rng = np.random.default_rng(1)
     for seed in (1, 2, 3):
-        make_run(out, f'baseline_s{seed}', 2.0 + 0.02 * seed, seed=seed)
+        make_metrics_run(out, f'baseline_s{seed}', 2.0 + 0.02 * seed, seed=seed)
     effects = {'gqa': -0.03, 'alibi_with_a_long_name': 0.01, 'rope': -0.05, 'moe_top2': 0.04}
     for name, effect in effects.items():
         for seed in (1, 2, 3):
-            make_run(out, f'{name}_s{seed}', 2.0 + 0.02 * seed + effect + 0.003 * rng.standard_normal(),
+            make_metrics_run(out, f'{name}_s{seed}', 2.0 + 0.02 * seed + effect + 0.003 * rng.standard_normal(),
                      model_name=name, seed=seed)
     for seed in (1, 2, 3):
         diverged = seed < 3
-        make_run(out, f'hot_s{seed}', np.inf if diverged else 2.05, model_name='hot', seed=seed,
+        make_metrics_run(out, f'hot_s{seed}', np.inf if diverged else 2.05, model_name='hot', seed=seed,
                  status='diverged' if diverged else 'completed')
 
 
@@ -103,9 +103,9 @@ def test_the_difference_plot_draws_what_the_test_tests(tmp_path):
     out = tmp_path / 'out'
     base, gqa = {1: 2.0, 2: 2.3, 3: 2.6}, {1: 1.88, 2: 2.36, 3: 2.50}  # per seed -0.12, +0.06, -0.10
     for seed in base:
-        make_run(out, f'baseline_s{seed}', base[seed], seed=seed)
-        make_run(out, f'gqa_s{seed}', gqa[seed], model_name='gqa', seed=seed)
-        make_run(out, f'mqa_s{seed + 5}', gqa[seed], model_name='mqa', seed=seed + 5)
+        make_metrics_run(out, f'baseline_s{seed}', base[seed], seed=seed)
+        make_metrics_run(out, f'gqa_s{seed}', gqa[seed], model_name='gqa', seed=seed)
+        make_metrics_run(out, f'mqa_s{seed + 5}', gqa[seed], model_name='mqa', seed=seed + 5)
     loaded, _ = compare.load_runs(sorted(out.iterdir()))
     groups = compare.seed_groups(loaded)
     rows = {r['name']: compare.run_numbers(r) for r in loaded}
@@ -123,10 +123,10 @@ def test_the_difference_plot_draws_what_the_test_tests(tmp_path):
 
 def test_speed_caveat_only_where_cpu_runs_overlapped(tmp_path):
     out = tmp_path / 'out'
-    make_run(out, 'a', 2.0, seed=1, started_at='2025-01-01T00:00:00', summary_fields=dict(wall_time_s=60.0))
-    make_run(out, 'b', 2.0, seed=2, started_at='2025-01-01T00:00:30', summary_fields=dict(wall_time_s=60.0))
-    make_run(out, 'c', 2.0, seed=3, started_at='2025-01-01T01:00:00', summary_fields=dict(wall_time_s=60.0))
-    make_run(out, 'd', 2.0, seed=4, started_at='2025-01-01T00:00:10', device='cuda', device_name='NVIDIA H100')
+    make_metrics_run(out, 'a', 2.0, seed=1, started_at='2025-01-01T00:00:00', summary_fields=dict(wall_time_s=60.0))
+    make_metrics_run(out, 'b', 2.0, seed=2, started_at='2025-01-01T00:00:30', summary_fields=dict(wall_time_s=60.0))
+    make_metrics_run(out, 'c', 2.0, seed=3, started_at='2025-01-01T01:00:00', summary_fields=dict(wall_time_s=60.0))
+    make_metrics_run(out, 'd', 2.0, seed=4, started_at='2025-01-01T00:00:10', device='cuda', device_name='NVIDIA H100')
     loaded, _ = compare.load_runs(sorted(out.iterdir()))
     caveat = compare.shared_cpu(loaded)
     assert caveat.startswith('2 CPU runs trained at the same time on one machine (a, b)')
@@ -136,8 +136,8 @@ def test_speed_caveat_only_where_cpu_runs_overlapped(tmp_path):
 def test_eval_harness_results_of_the_same_runs_are_shown_and_linked(tmp_path):
     out, report = tmp_path / 'out', tmp_path / 'r'
     for seed in (1, 2):
-        make_run(out, f'baseline_s{seed}', 2.0 + 0.1 * seed, seed=seed)
-        make_run(out, f'gqa_s{seed}', 2.05 + 0.1 * seed, model_name='gqa', seed=seed)
+        make_metrics_run(out, f'baseline_s{seed}', 2.0 + 0.1 * seed, seed=seed)
+        make_metrics_run(out, f'gqa_s{seed}', 2.05 + 0.1 * seed, model_name='gqa', seed=seed)
     evals = report / 'eval_harness'
     evals.mkdir(parents=True)
     (evals / 'settings.json').write_text(json.dumps(dict(evaluated=[dict(run='baseline_s1'), dict(run='gqa_s1'),
@@ -173,8 +173,8 @@ def figures(monkeypatch):
 def test_zoom_draws_the_baseline_over_the_others_and_layer_colours_are_distinct(tmp_path, figures):
     out = tmp_path / 'out'
     for seed in (1, 2):
-        make_run(out, f'baseline_s{seed}', 2.0, seed=seed)
-        make_run(out, f'gqa_s{seed}', 2.0, model_name='gqa', seed=seed)  # the same curve: it used to hide it
+        make_metrics_run(out, f'baseline_s{seed}', 2.0, seed=seed)
+        make_metrics_run(out, f'gqa_s{seed}', 2.0, model_name='gqa', seed=seed)  # the same curve: it used to hide it
     loaded, _ = compare.load_runs(sorted(out.iterdir()))
     groups = compare.seed_groups(loaded)
     colors = {g['label']: c for g, c in zip(groups, ['tab:blue', 'tab:orange'])}
@@ -197,7 +197,7 @@ def test_zoom_draws_the_baseline_over_the_others_and_layer_colours_are_distinct(
 
 
 def test_per_run_plots_title_what_they_draw_and_tick_iterations_evenly(tmp_path, figures):
-    run = make_run(tmp_path, 'r', 2.0, bpb=1.1, iters=[0, 25, 50, 75, 100, 150, 200])
+    run = make_metrics_run(tmp_path, 'r', 2.0, bpb=1.1, iters=[0, 25, 50, 75, 100, 150, 200])
     runs.plot_run(run)
     metrics_fig, norms_fig = figures[-2:]
     titles = [ax.get_title() for ax in metrics_fig.axes if ax.has_data()]

@@ -9,8 +9,7 @@ import pytest
 import eval_harness as eh
 import runs
 import sample
-from conftest import REPO, run_script
-from test_eval_harness import EOT_TEXT, SHIPPED, light_copy, make_run, read_csv, write_prompts
+from conftest import EOT_TEXT, REPO, SHIPPED, light_copy, make_checkpoint_run, read_csv, run_script, write_prompts
 
 PROMPTS = ['Once upon a time', 'Tom and Lily went to the park']
 
@@ -45,7 +44,7 @@ def test_greedy_equals_eval_harness(smoke_runs, tmp_path):
     gen = [p for p in json.loads(SHIPPED.read_text())['prompts'] if 'answers' in p][:4]
     report = tmp_path / 'report'
     eh.main(['--runs_dir', str(smoke_runs), '--runs', 'gqa_s1', '--prompts', str(write_prompts(tmp_path / 'p.json', gen)),
-             '--report_dir', str(report), '--device', 'cpu', '--max_new_tokens', '20'])
+             '--report_dir', str(report), '--device', 'cpu', '--max_new_tokens', '20', '--probes', 'prompts'])
     harness = [r['generated'] for r in read_csv(report / 'eval_results.csv')]
     stories = sample.generate_stories(smoke_runs / 'gqa_s1', [p['prompt'] for p in gen], max_new_tokens=20,
                                       temperature=0)
@@ -91,7 +90,7 @@ def test_prompt_file_one_prompt_per_line(smoke_runs, tmp_path, capsys):
 
 def test_a_run_is_sampled_with_its_own_tokenizer(tmp_path):
     from tokenizers import Tokenizer
-    run = make_run(tmp_path / 'out', 'bpe', [10], seed=2, bpe=True)
+    run = make_checkpoint_run(tmp_path / 'out', 'bpe', [10], seed=2, bpe=True)
     hf = Tokenizer.from_file(str(run / 'tokenizer.json'))
     model, _, _, _ = runs.load_run_model(run)
     [ids] = model.generate([hf.encode(PROMPTS[0], add_special_tokens=False).ids], 10,
@@ -123,11 +122,11 @@ def tiny_runs(tmp_path_factory):
     """out/ with tiny runs (block_size 64): ok (step 10), empty (no checkpoints), and two BPE runs whose
     tokenizer file was changed (bpe_changed) or removed (bpe_missing) after training."""
     out = tmp_path_factory.mktemp('sample') / 'out'
-    make_run(out, 'ok', [10])
-    make_run(out, 'empty', [])
-    changed = make_run(out, 'bpe_changed', [10], bpe=True) / 'tokenizer.json'
+    make_checkpoint_run(out, 'ok', [10])
+    make_checkpoint_run(out, 'empty', [])
+    changed = make_checkpoint_run(out, 'bpe_changed', [10], bpe=True) / 'tokenizer.json'
     changed.write_text(changed.read_text().replace('"<|endoftext|>"', '"<|end|>"'))
-    (make_run(out, 'bpe_missing', [10], bpe=True) / 'tokenizer.json').unlink()
+    (make_checkpoint_run(out, 'bpe_missing', [10], bpe=True) / 'tokenizer.json').unlink()
     (out.parent / 'empty.txt').write_text('\n  \n\n')
     return out
 
