@@ -17,6 +17,8 @@ A sweep file is plain Python, like a train config:
     name = 'variants'                           # optional: default the file's name
     tune = ['learning_rate']                    # optional: tuned per variant in the report (default:
                                                 # learning_rate where it varies)
+    ladder = [dict(n_layer=2, n_embd=64, n_head=2, max_iters=250),   # optional: model sizes, each crossed
+              dict(n_layer=4, n_embd=128, n_head=4, max_iters=400)]  # with the grid (names: gqa_4x128_s2)
 
 Runs go to <out_dir>/<name>/<run name> (out/variants/gqa_s2), named by the values that vary. There too:
 sweep.json (the grid, the base settings, each run's train.py command), sweep.log (progress), logs/
@@ -63,7 +65,7 @@ from configurator import ConfigError, configure, load_settings, read_python_file
 from tokenizer import DataError, canonical_config, parse_tokenizer
 
 REPO = Path(__file__).resolve().parent
-SWEEP_KEYS = ('base', 'grid', 'overrides', 'name', 'tune')
+SWEEP_KEYS = ('base', 'grid', 'overrides', 'name', 'tune', 'ladder')
 SET_BY_SWEEP = ('run_name', 'init_from', 'overwrite')  # the sweep names each run's folder and how it starts
 RESOLVED_BY_TRAIN = dict(device='auto', dtype='auto', compile=None, eval_stories=0)  # config.json: what these became
 NAME_PREFIX = dict(learning_rate='lr', seed='s')       # in run names; model_name appears as its value
@@ -218,6 +220,18 @@ def read_sweep(path):
                                  f"str, bool or None values")
     if not isinstance(overrides, dict):
         raise SweepError(f"{path}: overrides={overrides!r}: expected a dict, like dict(max_iters=500)")
+    ladder = scope.get('ladder')
+    if ladder is not None and (not isinstance(ladder, (list, tuple)) or not ladder
+                               or not all(isinstance(size, dict) and size for size in ladder)):
+        raise SweepError(f"{path}: ladder: expected a list of model sizes, each a dict of settings, e.g. "
+                         f"[dict(n_layer=2, n_embd=64, n_head=2, max_iters=250), ...]")
+    for size in ladder or []:
+        for key, v in size.items():
+            if not isinstance(v, (bool, int, float, str)):
+                raise SweepError(f"{path}: ladder {size}: {key}={v!r}; expected int, float, str or bool values")
+            if key in grid or key in overrides:
+                where = 'grid' if key in grid else 'overrides'
+                raise SweepError(f"{path}: {key} is set by the ladder and by {where}: keep one")
     if not isinstance(name, str) or not re.fullmatch(r'[\w.+=-]+', name) or name in ('.', '..'):
         raise SweepError(f"{path}: name={name!r}: expected a plain folder name")
     varying = [k for k, v in grid.items() if len(v) > 1]
@@ -228,7 +242,8 @@ def read_sweep(path):
         if key not in varying:
             raise SweepError(f"{path}: tune lists {key!r}, which the grid does not vary (varied: "
                              f"{', '.join(varying) or 'nothing'})")
-    return dict(path=path, base=base, grid=grid, overrides=overrides, name=name, tune=list(tune))
+    return dict(path=path, base=base, grid=grid, overrides=overrides, name=name, tune=list(tune),
+                ladder=list(ladder or []))
 
 
 def short_value(v):
@@ -241,11 +256,16 @@ def short_value(v):
     return sci if len(sci) <= len(plain) else plain
 
 
-def run_name_of(point, varying):
-    """gqa_lr3e-3_s2: model_name first, the seed last, each other varying setting as key+value."""
+def run_name_of(point, varying, size=None):
+    """gqa_lr3e-3_s2: model_name first, the seed last, each other varying setting as key+value; a ladder's
+    size (its layers x width: 4x128) after model_name."""
     order = sorted(varying, key=lambda k: (k != 'model_name', k == 'seed'))
-    return '_'.join(str(point[k]) if k == 'model_name' else NAME_PREFIX.get(k, k) + short_value(point[k])
-                    for k in order)
+    parts = [str(point[k]) if k == 'model_name' else NAME_PREFIX.get(k, k) + short_value(point[k]) for k in order]
+    if size is not None:
+        tag = f"{size['n_layer']}x{size['n_embd']}" if 'n_layer' in size and 'n_embd' in size else None
+        tag = tag or '_'.join(NAME_PREFIX.get(k, k) + short_value(v) for k, v in size.items())
+        parts.insert(1 if 'model_name' in varying else 0, tag)
+    return '_'.join(parts)
 
 
 def flag(key, value):
@@ -315,6 +335,11 @@ def plan_runs(spec, flags, settings, gpus_per_run):
     base_argv = [base] if base else []
     checked(settings, override_flags, f'{path}: overrides')
     checked(settings, flags)
+    for key in {k for size in spec['ladder'] for k in size}:
+        if key in cli_keys or key in SET_BY_SWEEP:
+            raise SweepError(f"{path}: ladder: {key} is set by the ladder and on the command line: keep one")
+        for v in {size[key] for size in spec['ladder'] if key in size}:
+            checked(settings, [flag(key, v)], f'{path}: ladder')
     for key in grid:
         if key in spec['overrides'] or key in cli_keys:
             raise SweepError(f"{key} is both varied by the grid of {path} and set for every run "
@@ -334,10 +359,10 @@ def plan_runs(spec, flags, settings, gpus_per_run):
                   f'--nproc_per_node={gpus_per_run}', train_py]
     passed = [f for f in override_flags + flags if not f.startswith('--out_dir=')]  # the sweep's out_dir wins
     planned, by_name = [], {}
-    for values in itertools.product(*grid.values()):
-        point = dict(zip(grid, values))
+    for size, values in itertools.product(spec['ladder'] or [None], itertools.product(*grid.values())):
+        point = dict(size or {}, **dict(zip(grid, values)))  # a ladder's size, then the grid's values
         ns = checked(settings, base_argv + override_flags + flags + [flag(k, v) for k, v in point.items()])
-        name = run_name_of(point, varying) if varying else ns['model_name']
+        name = run_name_of(point, varying, size) if varying or size else ns['model_name']
         if name in by_name:
             raise SweepError(f"{path}: two grid points map to run name {name!r}: {by_name[name]} and {point} "
                              f"(a repeated value?)")

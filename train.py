@@ -84,10 +84,12 @@ weight_decay: float = 0.1       # on matrices only
 beta1: float = 0.9              # AdamW
 beta2: float = 0.95             # AdamW
 grad_clip: float = 1.0          # 0 disables clipping
-# learning rate schedule (get_lr below): linear warmup, cosine decay to min_lr
+# learning rate schedule (get_lr below): linear warmup, then cosine decay to min_lr, or warmup-stable-decay
+lr_schedule: str = 'cosine'     # 'cosine' | 'wsd' (Hagele et al. 2024: the peak held, then linear to min_lr)
+decay_fraction: float = 0.2     # wsd: the share of lr_decay_iters spent decaying, at the end
 warmup_iters: int = 100         # linear warmup steps
 lr_decay_iters: int = 0         # 0: max_iters (a resume that raises max_iters keeps the old end)
-min_lr: float = 1e-4            # where the cosine ends
+min_lr: float = 1e-4            # where the decay ends
 # divergence: a train or val loss above min(ln(vocab_size) + 1, diverge_factor * lowest train loss) stops the run
 diverge_factor: float = 2.0     # 0: stop only on NaN/inf or worse than uniform guessing
 # system
@@ -109,12 +111,18 @@ config_keys = list(__annotations__)
 
 
 def get_lr(it):
-    """Learning rate of step `it` (0-based): linear warmup, then cosine decay to min_lr."""
+    """Learning rate of step `it` (0-based): linear warmup, then cosine decay to min_lr, or (wsd) the peak
+    until the last decay_fraction of the schedule and a linear decay to min_lr over it."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     decay_iters = lr_decay_iters or max_iters
     if it >= decay_iters:
         return min_lr
+    if lr_schedule == 'wsd':  # one run's stable phase serves every shorter budget: cheap scaling curves
+        decay_start = max(warmup_iters, decay_iters - round(decay_fraction * decay_iters))
+        if it < decay_start:
+            return learning_rate
+        return learning_rate + (it - decay_start) / max(1, decay_iters - decay_start) * (min_lr - learning_rate)
     ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
@@ -202,12 +210,12 @@ if init_from == 'resume':
     if lr_decay_iters == stored.get('lr_decay_iters', 0) and max_iters != old_max:
         lr_decay_iters = stored.get('lr_decay_iters') or old_max  # keep the schedule it promised
         if max_iters > lr_decay_iters:
-            schedule_note = (f"max_iters {old_max} -> {max_iters}: the cosine schedule still ends at iteration "
+            schedule_note = (f"max_iters {old_max} -> {max_iters}: the {lr_schedule} schedule still ends at iteration "
                              f"{lr_decay_iters} and iterations {lr_decay_iters}-{max_iters} run at min_lr="
                              f"{min_lr:g} (pass --lr_decay_iters=N to stretch it)")
         else:
             schedule_note = (f"max_iters {old_max} -> {max_iters}: the run stops at iteration {max_iters} with the "
-                             f"learning rate at {get_lr(max_iters - 1):.3g}, on the cosine schedule that reaches "
+                             f"learning rate at {get_lr(max_iters - 1):.3g}, on the {lr_schedule} schedule that reaches "
                              f"min_lr={min_lr:g} at iteration {lr_decay_iters} (pass --lr_decay_iters={max_iters} "
                              f"to reach it at the new end)")
 
@@ -224,6 +232,10 @@ for key in ('eval_stories', 'num_threads'):
         fail(f"--{key}={globals()[key]}: expected 0 or a positive integer")
 if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
     fail(f"--dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
+if lr_schedule not in ('cosine', 'wsd'):
+    fail(f"--lr_schedule={lr_schedule!r}: expected cosine or wsd")
+if not 0 < decay_fraction <= 1:
+    fail(f"--decay_fraction={decay_fraction}: expected a share of the schedule in (0, 1]")
 eval_stories = eval_stories or max(1, eval_windows // 2)  # about the bytes of the windows at block_size 128
 try:
     tokenizer = parse_tokenizer(tokenizer)[0]  # its one shape ('bpe:4096' is 'bpe4k'), in config.json and checkpoints
@@ -412,6 +424,7 @@ if init_from == 'resume':
     state.resumed_at = state.resumed_at + [state.iter_num]
     del ckpt
 n_params = raw_model.num_params()
+flops_per_token = raw_model.flops_per_token(block_size)  # model.flops_per_token: 6 per weight + attention
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
 layer_groups = raw_model.layer_groups()
 if compile:
@@ -491,6 +504,7 @@ def summary_fields(message=None):
                 best_val_loss=state.best_val_loss if state.best_val_iter is not None else None,
                 best_val_iter=state.best_val_iter, final_train_loss=state.last_train_loss,
                 n_params=n_params, n_params_non_embedding=raw_model.num_params(non_embedding=True),
+                flops_per_token=flops_per_token, train_flops=flops_per_token * tokens,  # training FLOPs so far
                 tokens_per_s_mean=speed, mfu_mean=raw_model.estimate_mfu(speed / world_size, device, peak_flops,
                                                                          block_size) if speed else None,
                 message=message, updated_at=datetime.now(timezone.utc).isoformat(timespec='seconds'))
@@ -515,7 +529,7 @@ if master:
             config, run_name=run_name, config_file=config_file, model_args=asdict(raw_model.config),
             tokenizer=tok.name, tokenizer_info=tok.info(), n_params=n_params,
             n_params_non_embedding=raw_model.num_params(non_embedding=True),
-            n_params_active=raw_model.num_params(active=True), flops_per_token=raw_model.flops_per_token(block_size),
+            n_params_active=raw_model.num_params(active=True), flops_per_token=flops_per_token,
             tokens_per_iter=tokens_per_iter, world_size=world_size, device=device, dtype=dtype, compile=compile,
             device_name=torch.cuda.get_device_name(device) if device_type == 'cuda' else device_type,
             torch_threads=torch.get_num_threads(), val_bpb_text=val_bpb_text,

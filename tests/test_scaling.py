@@ -115,3 +115,136 @@ def test_learning_rate_sensitivity_on_a_known_parabola():
     assert edge['at_edge'] and edge['best_lr'] == pytest.approx(4e-3) and edge['up_2x'] is None
     with pytest.raises(ValueError, match='2 or more learning rates'):
         stats.lr_sensitivity({1e-3: {1: 2.0}})
+
+
+# -----------------------------------------------------------------------------
+# compare.py's scaling section on run folders written by train.py, with planted final losses
+
+
+def planted_ladder(source, out, curves, flops=FLOPS, lrs=None):
+    """Copies of a real run folder (no checkpoints) as a ladder: for each variant in curves, each compute
+    in flops (n_layer 1, 2, ... marks the size) and seeds 1 and 2 (noise +-0.01), a run whose config.json
+    has that flops_per_token and whose val_loss column is the curve there. lrs: {(variant, size index):
+    {learning rate: loss offset}} adds runs at other learning rates."""
+    import csv
+    import json
+    import shutil
+    base_lr = json.loads((source / 'config.json').read_text())['learning_rate']
+    for variant, loss_at in curves.items():
+        for i, c in enumerate(flops):
+            for lr, offset in {base_lr: 0.0, **(lrs or {}).get((variant, i), {})}.items():
+                for seed, noise in ((1, 0.01), (2, -0.01)):
+                    run = out / f'{variant}_n{i + 1}_lr{lr:g}_s{seed}'
+                    shutil.copytree(source, run, ignore=shutil.ignore_patterns('checkpoints', 'tb', 'plots'))
+                    config = json.loads((run / 'config.json').read_text())
+                    with open(run / 'metrics.csv', newline='') as f:
+                        rows = list(csv.DictReader(f))
+                    tokens = [int(r['tokens_seen']) for r in rows if r['val_loss']][-1]
+                    config.update(model_name=variant, seed=seed, n_layer=i + 1, learning_rate=lr, run_name=run.name,
+                                  flops_per_token=float(c) / tokens)
+                    (run / 'config.json').write_text(json.dumps(config))
+                    for r in rows:
+                        r['val_loss'] = repr(float(loss_at(c)) + offset + noise) if r['val_loss'] else ''
+                    with open(run / 'metrics.csv', 'w', newline='') as f:
+                        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                        writer.writeheader()
+                        writer.writerows(rows)
+    return out
+
+
+def test_compare_finds_the_planted_multiplier_and_learning_rate(smoke_runs, tmp_path):
+    import compare
+    from runs import find_runs, seed_groups
+    lr = 3e-3  # config/smoke.py's
+    out = planted_ladder(smoke_runs / 'baseline_s1', tmp_path / 'ladder',
+                         dict(baseline=baseline_loss, better=lambda c: baseline_loss(2 * c)),
+                         lrs={('baseline', 1): {lr * 3: 0.05, lr / 3: 0.08}})
+    loaded, skipped = compare.load_runs(find_runs(out))
+    assert len(loaded) == 20 and not skipped
+    groups = seed_groups(loaded)
+    rows = {run['name']: compare.run_numbers(run) for run in loaded}
+    baseline = [g for g in groups if g['model_name'] == 'baseline'][0]
+    report = compare.scaling_report(groups, baseline, rows, 'val_loss', forced=False)
+    table = list(__import__('csv').DictReader(report['texts']['scaling.csv'].splitlines()))
+    assert [r['variant'] for r in table] == ['better'] * 4
+    for r in table:
+        assert float(r['compute_multiplier']) == pytest.approx(2.0, rel=1e-3)  # the baseline at its best lr
+        assert float(r['multiplier_low95']) < 2.0 < float(r['multiplier_high95'])
+        assert r['multiplier_verdict'] == 'better than the baseline beyond seed noise'
+    assert report['console'][0].startswith('better: 2.00x [')
+    lr_row = list(__import__('csv').DictReader(report['texts']['lr_sensitivity.csv'].splitlines()))
+    assert len(lr_row) == 1 and lr / 3 < float(lr_row[0]['best_lr']) < lr * 3
+    assert {name for name, _, png in report['plots']} == {'scaling.png', 'lr_sensitivity.png'}
+    assert all(png.startswith(b'\x89PNG') for _, _, png in report['plots'])
+    assert '<h2>Scaling' in report['html'] and 'compute_multiplier' in report['html']
+
+
+def test_compare_scaling_says_what_is_missing(smoke_runs, tmp_path, capsys):
+    import compare
+    out = planted_ladder(smoke_runs / 'baseline_s1', tmp_path / 'ladder', dict(baseline=baseline_loss),
+                         flops=FLOPS[:2])
+    with pytest.raises(SystemExit) as e:
+        compare.main([str(out), '--report_dir', str(tmp_path / 'report'), '--no_samples', '--scaling'])
+    assert e.value.code == ('compare.py: error: --scaling needs the baseline (baseline) and a variant completed '
+                            'at 3 or more sizes (sizes per model_name: baseline: 2)')
+    assert not (tmp_path / 'report').exists()
+
+
+# -----------------------------------------------------------------------------
+# train.py: the wsd schedule and the FLOPs a run records; sweep.py: a ladder crossed with the grid
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_and_flops_are_recorded(bpe_data, tmp_path):
+    import csv
+    import json
+    from conftest import run_train, train_run
+    run = train_run(bpe_data, tmp_path, 'wsd', '--tokenizer=bpe4k', '--max_iters=20', '--warmup_iters=2',
+                    '--lr_schedule=wsd', '--decay_fraction=0.5', '--learning_rate=3e-3', '--min_lr=3e-4',
+                    '--log_interval=1', '--eval_interval=20', '--save_checkpoints=False', '--tensorboard=False')
+
+    def expected(it):  # warmup to step 2, the peak to step 10 (half of 20 left), then linear to min_lr
+        if it < 2:
+            return 3e-3 * (it + 1) / 3
+        return 3e-3 if it < 10 else 3e-3 + (it - 10) / 10 * (3e-4 - 3e-3)
+    with open(run / 'metrics.csv', newline='') as f:
+        rows = [r for r in csv.DictReader(f) if r['lr']]
+    assert len(rows) == 21
+    for r in rows:  # the row of iteration n logs the rate of the step that led to it
+        assert float(r['lr']) == pytest.approx(expected(max(int(r['iter']) - 1, 0)), rel=1e-5), r['iter']
+    summary, config = (json.loads((run / f).read_text()) for f in ('summary.json', 'config.json'))
+    assert config['lr_schedule'] == 'wsd' and summary['flops_per_token'] == config['flops_per_token'] > 0
+    assert summary['train_flops'] == summary['flops_per_token'] * summary['tokens_seen'] > 0
+    bad = run_train('config/smoke.py', f'--data_dir={bpe_data}', f'--out_dir={tmp_path}', '--lr_schedule=linear')
+    assert bad.returncode == 1 and "--lr_schedule='linear': expected cosine or wsd" in bad.stderr
+
+
+def dry_run(argv):
+    import contextlib
+    import io
+    import sweep
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = sweep.main(argv + ['--dry_run'])
+    return code, out.getvalue()
+
+
+def test_a_ladder_crosses_model_sizes_with_the_grid(tmp_path, capsys):
+    import re
+    import sweep
+    code, out = dry_run(['config/sweeps/ladder_cpu.py', f'--out_dir={tmp_path}'])
+    names = re.findall(r'^# (\S+): from scratch$', out, re.M)
+    sizes = ['2x64', '3x96', '4x128', '5x160']
+    assert code == 0 and names == [f'{m}_{size}_s{s}' for size in sizes for m in ('baseline', 'gpt2') for s in (1, 2)]
+    command = out.split('# gpt2_4x128_s2: from scratch\n')[1].splitlines()[0]
+    for setting in ('--n_layer=4', '--n_embd=128', '--n_head=4', '--max_iters=420', '--model_name=gpt2', '--seed=2'):
+        assert setting in command.split()
+    bad = tmp_path / 'bad.py'
+    for ladder, message in (
+            ("[dict(n_layer=2, seed=3)]", f"{bad}: seed is set by the ladder and by grid: keep one"),
+            ("dict(n_layer=2)", f"{bad}: ladder: expected a list of model sizes, each a dict of settings"),
+            ("[dict(n_layer='two')]", f"{bad}: ladder: --n_layer: n_layer='two' has the wrong type"),
+            ("[dict(n_layer=2, n_embd=64, n_head=5)]", '2x64_s1: n_embd=64 must be divisible by n_head=5')):
+        bad.write_text(f"base = 'config/smoke.py'\ngrid = dict(seed=[1, 2])\nladder = {ladder}\n")
+        with pytest.raises(SystemExit) as e:
+            sweep.main([str(bad), '--dry_run'])
+        assert e.value.code.startswith('sweep.py: error: ') and message in e.value.code, e.value.code
