@@ -171,7 +171,7 @@ ALPHA_BOUNDS = (1e-3, 3.0)    # exponents outside these are no power law a ladde
 
 
 def power_law(fit, flops):
-    """L(C) = E + A * C**-alpha, computed as E + B * (C / c0)**-alpha (c0: the largest run) to stay in range."""
+    """L(C) = E + A * C**-alpha, computed as E + B * (C / c0)**-alpha (c0: the largest run), in range."""
     return fit['E'] + fit['B'] * (np.asarray(flops, dtype=float) / fit['c0']) ** -fit['alpha']
 
 
@@ -228,16 +228,19 @@ def fit_power_law(flops, losses):
     y = np.asarray(losses, dtype=float)
     spread = float(np.sum((y - y.mean()) ** 2))
     bounds = (('E', f['E'], 0.0, float(y.min()) * (1 - 1e-9)), ('alpha', f['alpha'], *ALPHA_BOUNDS))
-    at_bound = [name for name, v, low, high in bounds if min(abs(v - low), abs(high - v)) <= 1e-5 * max(1.0, v)]
-    return dict(f, A=f['B'] * f['c0'] ** f['alpha'], n=len(y), r2=1 - f['sse'] / spread if spread > 0 else math.nan,
-                rmse=math.sqrt(f['sse'] / len(y)), at_bound=at_bound)
+    at_bound = [name for name, v, low, high in bounds
+                if min(abs(v - low), abs(high - v)) <= 1e-5 * max(1.0, v)]
+    r2 = 1 - f['sse'] / spread if spread > 0 else math.nan
+    return dict(f, A=f['B'] * f['c0'] ** f['alpha'], n=len(y), r2=r2, rmse=math.sqrt(f['sse'] / len(y)),
+                at_bound=at_bound)
 
 
 def interval(values, confidence):
     """Percentile interval of bootstrap values; inf (a loss the baseline never reaches) sorts last."""
     tail = (1 - confidence) / 2
     values = np.asarray(values, dtype=float)
-    return (float(np.quantile(values, tail, method='lower')), float(np.quantile(values, 1 - tail, method='higher')))
+    low, high = np.quantile(values, tail, method='lower'), np.quantile(values, 1 - tail, method='higher')
+    return float(low), float(high)
 
 
 def multiplier_verdict(low, high):
@@ -290,9 +293,9 @@ def scaling_analysis(cells, baseline, confidence=CONFIDENCE, n_boot=SCALING_BOOT
         elif not fit['r2'] >= POOR_FIT_R2:
             problems.append(f"poor fit (R^2 {fit['r2']:.2f} on the seed means)")
         if fit['at_bound']:
-            problems.append(f"{' and '.join(fit['at_bound'])} at the edge of its range (E: 0 to the lowest loss; "
-                            f"alpha: {ALPHA_BOUNDS[0]:g} to {ALPHA_BOUNDS[1]:g}): the loss does not fall like a "
-                            f"power law of compute here")
+            problems.append(f"{' and '.join(fit['at_bound'])} at the edge of its range (E: 0 to the lowest "
+                            f"loss; alpha: {ALPHA_BOUNDS[0]:g} to {ALPHA_BOUNDS[1]:g}): the loss does not "
+                            f"fall like a power law of compute here")
         fit['warnings'] = problems
         warnings += [f'{v}: {p}' for p in problems]
         fits[v] = fit
@@ -311,24 +314,30 @@ def scaling_analysis(cells, baseline, confidence=CONFIDENCE, n_boot=SCALING_BOOT
             needed = flops_for_loss(base, loss)
             with np.errstate(divide='ignore', invalid='ignore'):  # a loss at or below E: never reached (inf)
                 ratio = (boot[v]['means'][:, i] - base_boot['E']) / base_boot['B']
-                ms = np.where(ratio > 0, base['c0'] * np.abs(ratio) ** (-1 / base_boot['alpha']) / flops, np.inf)
+                needed_boot = base['c0'] * np.abs(ratio) ** (-1 / base_boot['alpha'])
+                ms = np.where(ratio > 0, needed_boot / flops, np.inf)
             low, high = interval(ms, confidence)
             notes = []
             if math.isinf(needed):
-                notes.append("the variant's loss is below the baseline fit's floor E: no baseline compute reaches it")
-            elif needed > EXTRAPOLATION_LIMIT * max(base_flops) or needed < min(base_flops) / EXTRAPOLATION_LIMIT:
-                notes.append(f"extrapolated: reads the baseline's fit at {needed / max(base_flops):.3g}x its largest "
-                             f"run (beyond {EXTRAPOLATION_LIMIT:g}x the compute range it was fitted on)")
+                notes.append("the variant's loss is below the baseline fit's floor E: no compute reaches it")
+            elif needed > EXTRAPOLATION_LIMIT * max(base_flops):
+                notes.append(f"extrapolated: reads the baseline's fit at {needed / max(base_flops):.3g}x its "
+                             f"largest run (beyond {EXTRAPOLATION_LIMIT:g}x the compute it was fitted on)")
+            elif needed < min(base_flops) / EXTRAPOLATION_LIMIT:
+                notes.append(f"extrapolated: reads the baseline's fit at {needed / min(base_flops):.3g}x its "
+                             f"smallest run (below 1/{EXTRAPOLATION_LIMIT:g} of the compute it was fitted on)")
             rows.append(dict(variant=v, size=size, flops=flops, loss=loss,
                              baseline_loss=base['points'][sizes[baseline].index(size)][2],
-                             multiplier=needed / flops, low=low, high=high, verdict=multiplier_verdict(low, high),
+                             multiplier=needed / flops, low=low, high=high,
+                             verdict=multiplier_verdict(low, high),
                              largest=i == shared[-1], notes='; '.join(notes)))
             warnings += [f'{v} at {size}: {n}' for n in notes]
         if len(shared) >= 2:
             c = np.array([fits[v]['points'][i][1] for i in shared])
             x = np.log10(c)
             diff = np.array([fits[v]['points'][i][2] for i in shared]) - power_law(base, c)
-            boot_base = base_boot['E'][:, None] + base_boot['B'][:, None] * (c / base['c0']) ** -base_boot['alpha'][:, None]
+            e, b, alpha = (base_boot[k][:, None] for k in ('E', 'B', 'alpha'))
+            boot_base = e + b * (c / base['c0']) ** -alpha
             boot_diff = boot[v]['means'][:, shared] - boot_base
             slopes = np.polyfit(x, boot_diff.T, 1)[0]
             low, high = interval(slopes, confidence)
@@ -341,7 +350,8 @@ def scaling_analysis(cells, baseline, confidence=CONFIDENCE, n_boot=SCALING_BOOT
 
 def best_lrs(lrs, losses):
     """The lowest point of the parabola in log(lr) through the lowest mean and its two neighbours, for
-    each row of losses (R, len(lrs)); at the edge of the values tried, that edge (the optimum may lie beyond)."""
+    each row of losses (R, len(lrs)); at the edge of the values tried, that edge (the optimum may lie
+    beyond)."""
     x, y = np.log(np.asarray(lrs, dtype=float)), np.atleast_2d(np.asarray(losses, dtype=float))
     k = np.clip(y.argmin(1), 1, len(x) - 2) if len(x) >= 3 else np.zeros(len(y), dtype=int)
     best = x[y.argmin(1)]
