@@ -43,8 +43,6 @@ import numpy as np
 from runs import atomic_write_json
 from tokenizer import (EOT_TEXT, GPT2_INFO, DataError, Tokenizer, build_tokenizer, content_name, family_of,
                        file_sha256, load_tokenizer)
-from tokenizer import parse_tokenizer  # noqa: F401  TEMPORARY: until train.py and sweep.py import it from tokenizer
-GPT2_TOKENIZER_INFO = GPT2_INFO  # TEMPORARY: until runs.py imports it from tokenizer
 
 try:
     import fcntl  # the folder lock; Windows has none (one prepare at a time is then up to the user)
@@ -311,16 +309,9 @@ def load_bin(data_dir, variant, split, verify=True, tokenizer='gpt2'):
         size = os.fstat(f.fileno()).st_size
         if size != expected:
             raise DataError(f"{path}: {size} bytes, meta.json expects {expected}: {hint} --force")
-        if verify and stream_sha256(f) != meta[split]['sha256']:
+        if verify and file_sha256(f) != meta[split]['sha256']:
             raise DataError(f"{path}: sha256 differs from meta.json (damaged file): {hint} --force")
         return np.memmap(f, dtype=meta['dtype'], mode='r')
-
-
-def stream_sha256(f):
-    sha = hashlib.sha256()
-    while block := f.read(1 << 24):
-        sha.update(block)
-    return sha.hexdigest()
 
 
 def temp_name(folder, name):

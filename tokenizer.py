@@ -40,10 +40,13 @@ class DataError(ValueError):
 
 
 def file_sha256(path):
+    """sha256 hex of a file: a path, or a file open for binary reading (read from where it stands)."""
+    if isinstance(path, (str, os.PathLike)):
+        with open(path, 'rb') as f:
+            return file_sha256(f)
     sha = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while block := f.read(1 << 24):
-            sha.update(block)
+    while block := path.read(1 << 24):
+        sha.update(block)
     return sha.hexdigest()
 
 
