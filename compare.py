@@ -862,7 +862,8 @@ def stories_html(stories):
 # -----------------------------------------------------------------------------
 # scaling: final loss against training compute across model sizes (the math: stats.scaling_analysis)
 
-SIZE_KEYS = ('n_layer', 'n_embd', 'n_head', 'max_iters', 'batch_size', 'block_size', 'gradient_accumulation_steps')
+SIZE_KEYS = ('n_layer', 'n_embd', 'n_head', 'max_iters', 'batch_size', 'block_size',
+             'gradient_accumulation_steps')  # a ladder's size: settings every variant at that size shares
 SCALING_COLUMNS = ['variant', 'size', 'train_flops', 'final', 'baseline_final', 'compute_multiplier',
                    'multiplier_low95', 'multiplier_high95', 'multiplier_verdict', 'notes']
 FIT_COLUMNS = ['variant', 'sizes', 'E', 'E_ci95', 'A', 'alpha', 'alpha_ci95', 'r2', 'trend_per_10x',
@@ -892,9 +893,10 @@ def train_flops(run, row):
 
 def size_label(config):
     """'4x128, 0.5M tok': layers x width and the token budget: the same for every variant at one size."""
-    tokens = number(config.get('tokens_per_iter')) or (config.get('batch_size', 0) * config.get('block_size', 0)
-                                                       * config.get('gradient_accumulation_steps', 1))
-    return f"{config.get('n_layer')}x{config.get('n_embd')}, {tokens * config.get('max_iters', 0) / 1e6:.3g}M tok"
+    per_iter = number(config.get('tokens_per_iter')) or (config.get('batch_size', 0) * config.get('block_size', 0)
+                                                         * config.get('gradient_accumulation_steps', 1))
+    tokens = per_iter * config.get('max_iters', 0)
+    return f"{config.get('n_layer')}x{config.get('n_embd')}, {tokens / 1e6:.3g}M tok"
 
 
 def scaling_cells(groups, rows, metric):
@@ -950,8 +952,10 @@ def scaling_report(groups, baseline, rows, metric, forced):
             by_variant.setdefault(variant, {})[size] = (float(np.mean([f for _, _, f in by_lr[best]])), seeds)
             if len(by_lr) >= 2 and all(isinstance(lr, (int, float)) for lr in by_lr):
                 s = stats.lr_sensitivity({lr: {seed: v for seed, v, _ in pts} for lr, pts in by_lr.items()})
-                lr_rows.append(dict(variant=variant, size=size, learning_rates=', '.join(f'{lr:g}' for lr in s['lrs']),
-                                    best_lr=fmt(s['best_lr'], '.3g'), best_lr_ci95=span((s['low'], s['high']), '.3g'),
+                lr_rows.append(dict(variant=variant, size=size,
+                                    learning_rates=', '.join(f'{lr:g}' for lr in s['lrs']),
+                                    best_lr=fmt(s['best_lr'], '.3g'),
+                                    best_lr_ci95=span((s['low'], s['high']), '.3g'),
                                     best_final=fmt(s['best_loss']), rise_at_2x=fmt(s['up_2x'], '+.4f'),
                                     rise_at_half=fmt(s['down_half'], '+.4f'),
                                     notes='best at the edge of the values tried' if s['at_edge'] else '',
@@ -965,7 +969,8 @@ def scaling_report(groups, baseline, rows, metric, forced):
     for variant, fit in result['fits'].items():
         trend = result['trends'].get(variant)
         fit_rows.append(dict(variant=variant, sizes=fit['n'], E=fmt(fit['E']), E_ci95=span(fit['E_ci']),
-                             A=fmt(fit['A']), alpha=fmt(fit['alpha'], '.3g'), alpha_ci95=span(fit['alpha_ci'], '.3g'),
+                             A=fmt(fit['A']), alpha=fmt(fit['alpha'], '.3g'),
+                             alpha_ci95=span(fit['alpha_ci'], '.3g'),
                              r2=fmt(fit['r2'], '.4f'), trend_per_10x=fmt(trend and trend['slope'], '+.4f'),
                              trend_ci95=span((trend['low'], trend['high']), '+.4f') if trend else '',
                              notes='; '.join(fit['warnings'])))
@@ -976,15 +981,16 @@ def scaling_report(groups, baseline, rows, metric, forced):
                              multiplier_low95=r['low'], multiplier_high95=r['high'],
                              multiplier_verdict=r['verdict'], notes=r['notes']))
         shown.append(dict(csv_rows[-1], train_flops=f"{r['flops']:.3g}", final=fmt(r['loss']),
-                          baseline_final=fmt(r['baseline_loss']), compute_multiplier=f"{r['multiplier']:.3g}x",
+                          baseline_final=fmt(r['baseline_loss']),
+                          compute_multiplier=f"{r['multiplier']:.3g}x",
                           multiplier_low95=f"{r['low']:.3g}x", multiplier_high95=f"{r['high']:.3g}x",
                           size=r['size'] + (' (largest)' if r['largest'] else '')))
     headline = [f"{r['variant']}: {r['multiplier']:.2f}x [{r['low']:.2f}, {r['high']:.2f}] at {r['size']}: "
                 f"{r['verdict']}" for r in result['multipliers'] if r['largest']]
     how = HOW_TO_READ_SCALING.format(metric=metric)
     md = [f'# Scaling: final {metric} against training FLOPs', '', f'Baseline: **{base_variant}**.', '', how, '',
-          '## Compute multipliers', ''] + [f'- {h}' for h in headline] + ['', to_markdown(shown, SCALING_COLUMNS),
-                                                                           '## Fits', '', to_markdown(fit_rows, FIT_COLUMNS)]
+          '## Compute multipliers', ''] + [f'- {h}' for h in headline]
+    md += ['', to_markdown(shown, SCALING_COLUMNS), '## Fits', '', to_markdown(fit_rows, FIT_COLUMNS)]
     parts = [f'<h2>Scaling: final {metric} against training FLOPs</h2>', f'<p>{html.escape(how)}</p>',
              '<ul>' + ''.join(f'<li><b>{html.escape(h)}</b></li>' for h in headline) + '</ul>',
              to_html_table(shown, SCALING_COLUMNS), to_html_table(fit_rows, FIT_COLUMNS)]
@@ -996,13 +1002,14 @@ def scaling_report(groups, baseline, rows, metric, forced):
     if warnings:
         md += ['## Warnings', ''] + [f'- {w}' for w in warnings] + ['']
     texts['scaling.md'] = '\n'.join(md)
-    plots = [('scaling.png', f"Final {metric} against training FLOPs (log-log): seed means with their min-max, "
-              f"each variant's fit L(C) = E + A*C^-alpha (dashed: extrapolated, beyond the largest run), and the "
-              f"compute multiplier against the baseline with its {stats.CONFIDENCE:.0%} interval",
-              scaling_figure(result, base_variant, metric))]
+    heading = (f"Final {metric} against training FLOPs (log-log): seed means with their min-max, each "
+               f"variant's fit L(C) = E + A*C^-alpha (dashed: extrapolated, beyond the largest run), and the "
+               f"compute multiplier against the baseline with its {stats.CONFIDENCE:.0%} interval")
+    plots = [('scaling.png', heading, scaling_figure(result, base_variant, metric))]
     if lr_rows:
-        plots.append(('lr_sensitivity.png', f"Final {metric} against the learning rate, each variant and size "
-                      f"(seed means; star: the best learning rate, from a parabola in log lr)", lr_figure(lr_rows, metric)))
+        heading = (f"Final {metric} against the learning rate, each variant and size (seed means; star: the "
+                   f"best learning rate, from a parabola in log lr)")
+        plots.append(('lr_sensitivity.png', heading, lr_figure(lr_rows, metric)))
     return dict(texts=texts, plots=plots, html='\n'.join(parts), console=headline, warnings=warnings)
 
 
@@ -1033,7 +1040,7 @@ def scaling_figure(result, base_variant, metric):
            title='loss against compute (dashed: extrapolated)')
     mx.axhline(1.0, color='black', lw=1, ls=':')
     mx.set(xscale='log', yscale='log', xlabel='training FLOPs (the variant\'s)',
-           ylabel=f'compute multiplier vs {base_variant}', title='compute multiplier (above 1: variant better)')
+           ylabel=f'compute multiplier vs {base_variant}', title='compute multiplier (above 1: better)')
     for a in (ax, mx):
         a.yaxis.set_major_formatter(ticker.FormatStrFormatter('%.3g'))
         a.yaxis.set_minor_formatter(ticker.FormatStrFormatter('%.3g'))
