@@ -287,7 +287,7 @@ def read_meta(data_dir, variant, tokenizer='gpt2'):
     if name == 'gpt2' and 'tokenizer_info' not in meta:  # prepared before tokenizers were recorded
         meta['tokenizer_info'] = dict(GPT2_INFO)
     for split in SPLITS:
-        file = meta[split].get('file', f'{split}.bin')  # named after their content since 2026-12
+        file = meta[split].setdefault('file', f'{split}.bin')  # named after their content since 2026-12
         if Path(file).name != file:
             raise DataError(f"{path}: {split} file {file!r} must be a file name inside the folder: {hint} --force")
     return meta
@@ -298,7 +298,7 @@ def load_bin(data_dir, variant, split, verify=True, tokenizer='gpt2'):
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: expected 'train' or 'val'")
     meta = read_meta(data_dir, variant, tokenizer)
-    path = variant_dir(data_dir, variant, tokenizer) / meta[split].get('file', f'{split}.bin')
+    path = variant_dir(data_dir, variant, tokenizer) / meta[split]['file']
     hint = rerun_hint(data_dir, variant, tokenizer)
     try:
         f = open(path, 'rb')  # held open: a rebuild that removes the file after this cannot pull it away

@@ -297,7 +297,7 @@ except DataError as e:
     fail(e)
 for split, data in (('train', train_data), ('val', val_data)):
     if len(data) < block_size + 2:
-        fail(f"{variant_dir(data_dir, dataset_variant, tokenizer)}/{split}.bin holds {len(data)} tokens, "
+        fail(f"{variant_dir(data_dir, dataset_variant, tokenizer) / meta[split]['file']} holds {len(data)} tokens, "
              f"fewer than block_size+2={block_size + 2}")
 data_rng = np.random.default_rng(seed)
 offsets = np.arange(block_size + 1)
@@ -339,8 +339,8 @@ def story_rows(n_stories):
             rows.append(np.pad(row, (0, block_size + 1 - len(row)), constant_values=eot))
         start = end + 1
     if not rows:
-        fail(f"{variant_dir(data_dir, dataset_variant, tokenizer)}/val.bin: no complete story (no end-of-text "
-             f"token {eot}): rebuild it with python prepare.py")
+        fail(f"{variant_dir(data_dir, dataset_variant, tokenizer) / meta['val']['file']}: no complete story "
+             f"(no end-of-text token {eot}): rebuild it with python prepare.py")
     text = dict(stories=len(ends), bytes=sum(map(len, texts)), sha256=hashlib.sha256(b'\0'.join(texts)).hexdigest())
     return np.stack(rows), text
 
