@@ -6,11 +6,13 @@ eval_harness.py, sample.py and sweep.py, groups them into seed groups and loads 
 its own tokenizer. Nothing else parses a run folder.
 
 A run folder holds:
-    config.json        every resolved setting, model_args, tokenizer, torch version, device, git commit
+    config.json        every resolved setting, model_args, tokenizer (its name) and tokenizer_info, torch
+                       version, device, git commit
     metrics.csv        one row per logged step, the columns of METRICS; val_* only on eval steps
     layer_norms.csv    iter, layer, grad_norm, weight_norm: the embeddings, each block, the final norm
     summary.json       status, final/best val loss, totals, host/pid/heartbeat while it runs
-    tokenizer.json     the run's tokenizer file, when it is not GPT-2's (tokenizer.load_tokenizer)
+    tokenizer-<sha>.json  the run's tokenizer file, when it is not GPT-2's (tokenizer.load_tokenizer;
+                       tokenizer.json in older runs)
     tb/                TensorBoard event files with the same scalars
     plots/             loss.png, lr.png, norms.png, layer_norms.png
     checkpoints/       ckpt_<iter>.pt and ckpt_best.pt (lowest val loss), save_checkpoint's format
