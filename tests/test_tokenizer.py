@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, make_metrics_run
 
 sys.path.insert(0, str(REPO))
 import prepare  # noqa: E402
@@ -142,6 +142,28 @@ def test_run_tokenizer_reads_every_shape_of_config():
         assert tokenizer.canonical_config(upgraded) == upgraded
     unknown = dict(name='sentencepiece', vocab_size=8000, eot_token=2, sha256=None, file='sp.model')
     assert tokenizer.run_tokenizer({'tokenizer': unknown}) == ('sentencepiece', unknown)  # read, not refused
+
+
+def test_old_and_new_run_folders_with_one_tokenizer_are_one_seed_group(tmp_path):
+    """A run folder from before (the info dict as `tokenizer`, bins and tokenizer file under fixed names)
+    and one of today (`tokenizer` + `tokenizer_info`, content-named files) that trained the same thing
+    read alike and pool into one seed group; another tokenizer does not."""
+    import runs
+    sha = 'ab' * 32
+    old_info = dict(name='bpe4k', vocab_size=4096, eot_token=0, sha256=sha, file='tokenizer.json')
+    new_info = dict(old_info, file=f'tokenizer-{sha[:16]}.json')
+    data = dict(variant='small', tokenizer='bpe4k', train=dict(tokens=1000, sha256='cd' * 32))
+    old = make_metrics_run(tmp_path, 'old_s1', 3.0, seed=1, tokenizer=old_info,
+                           data=dict(data, tokenizer_file='tokenizer.json', train=dict(data['train'], file='train.bin')))
+    new = make_metrics_run(tmp_path, 'new_s2', 3.1, seed=2, tokenizer='bpe4k', tokenizer_info=new_info,
+                           data=dict(data, tokenizer_file=new_info['file'],
+                                     train=dict(data['train'], file=f"train-{'cd' * 8}.bin")))
+    other = make_metrics_run(tmp_path, 'other_s1', 3.2, seed=1, tokenizer=dict(old_info, name='bpe8k', sha256='ef'))
+    loaded = [runs.read_run(run) for run in (old, new, other)]
+    assert [r['config']['tokenizer'] for r in loaded] == ['bpe4k', 'bpe4k', 'bpe8k']
+    assert loaded[0]['config']['tokenizer_info'] == old_info and loaded[1]['config']['tokenizer_info'] == new_info
+    groups = runs.seed_groups(loaded)
+    assert [[r['name'] for r in g['runs']] for g in groups] == [['old_s1', 'new_s2'], ['other_s1']]
 
 # -----------------------------------------------------------------------------
 # a new family is one class in FAMILIES: prepare.py, the bins and the loaders need nothing else
