@@ -436,6 +436,8 @@ def group_statistics(groups, numbers, baseline):
                 verdict = 'baseline' if values else 'baseline: no value'
             elif not values:
                 verdict = 'no value (see the probe status)'
+            elif not base_values:
+                verdict = 'the baseline has no value'
             else:
                 verdict = stats.verdict(r, ph, what=name)
             r = r or {}
@@ -746,6 +748,11 @@ def report_html(runs_dir, groups, baseline, probe_rows, stat_rows, story_rows, s
         if name == 'length' and has_plot:
             parts.append('<img src="length.png" alt="loss by position">')
         parts.append(probe_table_html(stat_rows, name))
+        # a run that could not take the probe, or (length) how far each run went
+        said = sorted({(r['run'], r['probe_status']) for r in probe_rows
+                       if r['probe'] == name and r['probe_status'] != 'ok'})
+        if said:
+            parts.append('<ul>' + ''.join(f'<li>{html.escape(f"{run}: {st}")}</li>' for run, st in said) + '</ul>')
         if name == 'generation' and story_rows:
             parts.append(stories_html(story_rows, groups))
     status = {}

@@ -91,6 +91,7 @@ def main():
     ap.add_argument('--repeats', type=int, default=3, help='time each way this many times, keep the best')
     ap.add_argument('--probes', default='length,copy,generation',
                     help="probes.py's probes to time with their default settings ('' for none)")
+    ap.add_argument('--probes_only', action='store_true', help='time the probes only, not the prompt file')
     args = ap.parse_args()
 
     args.device = pick_device(args.device)
@@ -110,6 +111,8 @@ def main():
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; "
           f"max_new_tokens={args.max_new_tokens}, batch_size={args.batch_size}, best of {args.repeats}")
 
+    if args.probes_only:
+        return time_probes(model, tok, [p for p in args.probes.split(',') if p], args.repeats)
     kinds = {'generate': [p for p in prompts if p['type'] == 'generate'],
              'choice': [p for p in prompts if p['type'] == 'choice']}
     eh.evaluate_model(model, tok, prompts[:4], args.max_new_tokens, args.batch_size)  # warm-up
