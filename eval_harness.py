@@ -773,6 +773,32 @@ def write_report(report_dir, files):
     for name, content in files.items():
         (atomic_write_bytes if isinstance(content, bytes) else atomic_write_text)(report / name, content)
 
+def collect(probed, group_of, prompts):
+    """The per-run results of every probe as the report's rows: ({run: {number: value}}, probes.csv
+    rows, length_positions.csv rows, generations.csv rows, {group: [(context, positions)]} for the
+    length plot, eval_results.csv rows)."""
+    numbers, probe_rows, position_rows, story_rows, curves, rows = {}, [], [], [], {}, []
+    for entry, results in probed:
+        run = entry['run']
+        common = dict(run=run, model_name=entry['model_name'], group=group_of[run], step=entry['step'])
+        numbers[run] = {f'{p}.{k}': v for p, r in results.items() for k, v in r['numbers'].items()}
+        for p, r in results.items():
+            if not r['numbers']:
+                probe_rows.append(dict(common, probe=p, number='', value=None, probe_status=r['status']))
+            probe_rows += [dict(common, probe=p, number=f'{p}.{k}', value=v, probe_status=r['status'])
+                           for k, v in r['numbers'].items()]
+        length = results.get('length', {}).get('detail')
+        if length:
+            position_rows += [dict(run=run, group=group_of[run], context=length['context'], **p)
+                              for p in length['positions']]
+            curves.setdefault(group_of[run], []).append((length['context'], length['positions']))
+        story_rows += [dict(run=run, group=group_of[run], **s)
+                       for s in results.get('generation', {}).get('detail', {}).get('stories', [])]
+        if results.get('prompts', {}).get('numbers'):
+            rows += result_rows(run, entry['step'], prompts, results['prompts']['detail']['results'])
+    return numbers, probe_rows, position_rows, story_rows, curves, rows
+
+
 # -----------------------------------------------------------------------------
 # command line
 
@@ -887,25 +913,7 @@ def main(argv=None):
     except ValueError as e:
         fail(e)
     status = {r['name']: r['status'] for r in loaded}
-    numbers, probe_rows, position_rows, story_rows, curves, rows = {}, [], [], [], {}, []
-    for entry, results in probed:
-        run = entry['run']
-        common = dict(run=run, model_name=entry['model_name'], group=group_of[run], step=entry['step'])
-        numbers[run] = {f'{p}.{k}': v for p, r in results.items() for k, v in r['numbers'].items()}
-        for p, r in results.items():
-            if not r['numbers']:
-                probe_rows.append(dict(common, probe=p, number='', value=None, probe_status=r['status']))
-            probe_rows += [dict(common, probe=p, number=f'{p}.{k}', value=v, probe_status=r['status'])
-                           for k, v in r['numbers'].items()]
-        length = results.get('length', {}).get('detail')
-        if length:
-            position_rows += [dict(run=run, group=group_of[run], context=length['context'], **p)
-                              for p in length['positions']]
-            curves.setdefault(group_of[run], []).append((length['context'], length['positions']))
-        story_rows += [dict(run=run, group=group_of[run], **s)
-                       for s in results.get('generation', {}).get('detail', {}).get('stories', [])]
-        if results.get('prompts', {}).get('numbers'):
-            rows += result_rows(run, entry['step'], prompts, results['prompts']['detail']['results'])
+    numbers, probe_rows, position_rows, story_rows, curves, rows = collect(probed, group_of, prompts)
     curves = {g['label']: curves.get(g['label'], []) for g in groups}
     stat_rows = group_statistics(groups, numbers, baseline)
 
