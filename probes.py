@@ -92,18 +92,12 @@ def at_length(model, length):
     return longer.to(model_device(model)).eval(), None
 
 
-def story_tokens(tok, stories, start=0):
-    """Yield (index, token ids) of the stories from `start` on, each encoded with the run's tokenizer."""
-    for i in range(start, len(stories)):
-        yield i, tok.encode(stories[i])
-
-
 def story_sequences(tok, stories, length, n):
     """n sequences of length + 1 tokens, each <|endoftext|> then whole validation stories, each followed
     by <|endoftext|>, the last one cut at the length; the next sequence starts at the next story."""
     seqs, seq = [], [tok.eot_token]
-    for _, ids in story_tokens(tok, stories):
-        seq += ids + [tok.eot_token]
+    for story in stories:
+        seq += tok.encode(story) + [tok.eot_token]
         if len(seq) >= length + 1:
             seqs.append(seq[:length + 1])
             seq = [tok.eot_token]
@@ -189,29 +183,26 @@ def copy_tasks(tok, stories, context, settings):
     n_random = min(settings['copy_tokens'], (context - 1) // 2)
     n_story = min(settings['copy_tokens'], (context - 1) // 4)
     gap = (context - 1 - 2 * n_story) // 2  # story tokens before each copy
-    tasks = dict(random=([], None, None), story=([], None, None))
+    random_seqs, story_seqs = [], []
     for _ in range(settings['copy_sequences']):
         r = rng.choice(text_ids, n_random, replace=False).tolist()
-        tasks['random'][0].append([tok.eot_token] + r + r)
-    # the story task: stories long enough for both gaps, from a seeded starting point
-    start = int(rng.integers(len(stories)))
-    for _, ids in story_tokens(tok, stories[start:] + stories[:start]):
-        if len(tasks['story'][0]) == settings['copy_sequences']:
+        random_seqs.append([tok.eot_token] + r + r)
+    start = int(rng.integers(len(stories)))  # stories long enough for both gaps, from a seeded start
+    for story in stories[start:] + stories[:start]:
+        if len(story_seqs) == settings['copy_sequences']:
             break
+        ids = tok.encode(story)
         if len(ids) < 2 * gap:
             continue
-        candidates = np.setdiff1d(text_ids, ids[:2 * gap])
-        r = rng.choice(candidates, n_story, replace=False).tolist()
-        tasks['story'][0].append([tok.eot_token] + ids[:gap] + r + ids[gap:2 * gap] + r)
-    if len(tasks['story'][0]) < settings['copy_sequences']:
-        raise ValueError(f"only {len(tasks['story'][0])} validation stories have {2 * gap} tokens for the "
-                         f"story copy task; {settings['copy_sequences']} needed")
+        r = rng.choice(np.setdiff1d(text_ids, ids[:2 * gap]), n_story, replace=False).tolist()
+        story_seqs.append([tok.eot_token] + ids[:gap] + r + ids[gap:2 * gap] + r)
+    if len(story_seqs) < settings['copy_sequences']:
+        raise ValueError(f"only {len(story_seqs)} validation stories have {2 * gap} tokens for the story copy "
+                         f"task; {settings['copy_sequences']} needed")
     # loss column i predicts token i + 1
-    first = np.arange(1, n_random)
-    tasks['random'] = (tasks['random'][0], first, first + n_random)
-    first = np.arange(1 + gap, gap + n_story)
-    tasks['story'] = (tasks['story'][0], first, first + n_story + gap)
-    return tasks
+    first, first_in_story = np.arange(1, n_random), np.arange(1 + gap, gap + n_story)
+    return dict(random=(random_seqs, first, first + n_random),
+                story=(story_seqs, first_in_story, first_in_story + n_story + gap))
 
 
 def probe_copy(model, tok, data, settings):
