@@ -942,6 +942,7 @@ def scaling_report(groups, baseline, rows, metric, forced):
         return None
     fmt = lambda v, spec='.4g': '' if v is None else format(v, spec)
     span = lambda ci, spec='.4g': f'[{fmt(ci[0], spec)}, {fmt(ci[1], spec)}]'
+    times = lambda m: f'{m:.3g}x' if math.isfinite(m) else 'never (below E)'  # E: the baseline fit's floor
     # learning rates: each (variant, size) at its best; its sensitivity where there are several
     by_variant, lr_rows = {}, []
     for variant, sizes in cells.items():
@@ -982,8 +983,8 @@ def scaling_report(groups, baseline, rows, metric, forced):
                              multiplier_verdict=r['verdict'], notes=r['notes']))
         shown.append(dict(csv_rows[-1], train_flops=f"{r['flops']:.3g}", final=fmt(r['loss']),
                           baseline_final=fmt(r['baseline_loss']),
-                          compute_multiplier=f"{r['multiplier']:.3g}x",
-                          multiplier_low95=f"{r['low']:.3g}x", multiplier_high95=f"{r['high']:.3g}x",
+                          compute_multiplier=times(r['multiplier']), multiplier_low95=times(r['low']),
+                          multiplier_high95=times(r['high']),
                           size=r['size'] + (' (largest)' if r['largest'] else '')))
     headline = [f"{r['variant']}: {r['multiplier']:.2f}x [{r['low']:.2f}, {r['high']:.2f}] at {r['size']}: "
                 f"{r['verdict']}" for r in result['multipliers'] if r['largest']]
