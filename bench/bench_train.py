@@ -5,7 +5,7 @@ train.py's real loop at one shape, so that the loop's overhead over the bare ste
     python bench/bench_train.py                          # GPU: the three GPU shapes; CPU: cpu_4l128d
     python bench/bench_train.py --shapes=gpt2_124m --models=baseline,nanogpt --steps=50
     python bench/bench_train.py --device=cpu --shapes=cpu_4l128d --loop=True
-    python bench/bench_train.py --device=cpu --models=zoo --vocab_size=4096 --loop=False   # every preset
+    python bench/bench_train.py --device=cpu --models=zoo --shapes=zoo_cpu --vocab_size=4096 --rounds=5 --loop=False
 
 Per shape and model it prints ms/iteration, tokens/s, MFU (against model.PEAK_FLOPS for the card),
 peak memory, the step time relative to the baseline's at the same shape (when the baseline is timed),
@@ -43,6 +43,7 @@ shapes: str = 'auto'            # comma-separated SHAPES keys; auto: the GPU sha
 models: str = 'baseline,nanogpt'  # comma-separated; 'zoo': every name in model.MODEL_REGISTRY
 vocab_size: int = 50257         # 4096: the bpe4k tokenizer of config/tiny_bpe4k.py and the zoo sweep
 steps: int = 20                 # timed steps
+rounds: int = 1                 # > 1: every model timed once per round, in turn; the median round is reported
 warmup_steps: int = 5           # untimed (compilation, allocator warm-up)
 device: str = 'auto'
 dtype: str = 'auto'             # bfloat16 on CUDA, float32 elsewhere
@@ -82,8 +83,9 @@ def peak_memory_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark, Linux KiB
 
 
-def bench_step(shape, model_spec):
-    """Time train.py's step (autocast, fused AdamW, clipping, GradScaler) on one fixed batch."""
+def make_step(shape, model_spec):
+    """train.py's step (autocast, fused AdamW, clipping, GradScaler) on one fixed batch, warmed up.
+    Returns (step, model, loss of the first step)."""
     n_layer, n_head, n_embd, T, B = SHAPES[shape]
     name, extra = MODELS.get(model_spec, (model_spec, {}))
     torch.manual_seed(0)
@@ -112,17 +114,42 @@ def bench_step(shape, model_spec):
     if device_type == 'cuda':
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
+    return step, model, first_loss
+
+
+def time_steps(step):
+    """(seconds per step over `steps` steps, the last loss)."""
     t0 = time.perf_counter()
     for _ in range(steps):
         loss = step()
     last_loss = loss.item()  # waits for the device
-    dt = (time.perf_counter() - t0) / steps
-    tokens_per_s = B * T / dt
-    mfu = model.estimate_mfu(tokens_per_s, device, peak_flops, T)
-    result = dict(shape=shape, model=model_spec, params_m=round(model.num_params() / 1e6, 2), ms_per_iter=1000 * dt,
-                  tokens_per_s=tokens_per_s, mfu=mfu, peak_mem_mb=peak_memory_mb(), loss_first=first_loss,
-                  loss_last=last_loss)
-    return result
+    return (time.perf_counter() - t0) / steps, last_loss
+
+
+def bench_shape(shape, specs):
+    """Each model's step at `shape`, one result per model. With rounds > 1 the models stay built and take
+    turns, each timed once per round, and the median round is reported: other work on a shared CPU then
+    slows them alike (with rounds = 1, one model at a time, as on a GPU)."""
+    n_layer, n_head, n_embd, T, B = SHAPES[shape]
+    built, times, results = {}, {spec: [] for spec in specs}, []
+    for r in range(rounds):
+        for spec in specs:
+            if spec not in built:
+                built[spec] = make_step(shape, spec)
+            step, model, first_loss = built[spec]
+            dt, last_loss = time_steps(step)
+            times[spec].append(dt)
+            if r < rounds - 1:
+                continue
+            del built[spec]
+            dt = sorted(times[spec])[len(times[spec]) // 2]
+            tokens_per_s = B * T / dt
+            results.append(dict(shape=shape, model=spec, params_m=round(model.num_params() / 1e6, 2),
+                                ms_per_iter=1000 * dt, tokens_per_s=tokens_per_s,
+                                mfu=model.estimate_mfu(tokens_per_s, device, peak_flops, T),
+                                peak_mem_mb=peak_memory_mb(), loss_first=first_loss, loss_last=last_loss,
+                                ms_per_iter_rounds=[round(1000 * t, 1) for t in times[spec]]))
+    return results
 
 
 def release():
@@ -134,11 +161,15 @@ def release():
 
 
 def synthetic_data(folder, tokens=2_000_000):
-    """Random tokens as a prepared `small` variant (prepare.py's format), without a tokenizer."""
+    """Random tokens as a prepared `small` variant (prepare.py's format), without a tokenizer: "stories"
+    of 256 tokens, each ended by GPT-2's <|endoftext|> (train.py checks that the bins hold whole stories)."""
     from prepare import write_token_bins
     rng = np.random.default_rng(0)
-    write_token_bins(os.path.join(folder, 'small'), {split: rng.integers(0, 50257, n, dtype=np.uint16) for split, n in
-                                                     (('train', tokens), ('val', tokens // 10))}, source='synthetic')
+    bins = {}
+    for split, n in (('train', tokens), ('val', tokens // 10)):
+        bins[split] = rng.integers(0, 50256, n, dtype=np.uint16)
+        bins[split][255::256] = 50256
+    write_token_bins(os.path.join(folder, 'small'), bins, source='synthetic')
     return folder
 
 
@@ -176,9 +207,8 @@ model_specs = list(MODEL_REGISTRY) if models == 'zoo' else models.split(',')
 results = []
 for shape in shape_names:
     base_ms = None
-    for spec in model_specs:
-        r = bench_step(shape, spec)
-        release()
+    for r in bench_shape(shape, model_specs):
+        spec = r['model']
         if spec == 'baseline':
             base_ms = r['ms_per_iter']
         r['vs_baseline'] = r['ms_per_iter'] / base_ms if base_ms else None
@@ -187,9 +217,10 @@ for shape in shape_names:
         print(f"{shape:<12} {spec:<24} {r['params_m']:>6}M {r['ms_per_iter']:>9.1f} {relative} "
               f"{r['tokens_per_s']:>11,.0f} {pct(r['mfu'])} {r['peak_mem_mb']:>8.0f}  "
               f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}", flush=True)
+    release()
 if loop:
     bare = next((r for r in results if r['shape'] == loop_shape and r['model'] == 'baseline'), None) or \
-        bench_step(loop_shape, 'baseline')
+        bench_shape(loop_shape, ['baseline'])[0]
     r = bench_loop(loop_shape)
     r['overhead_vs_bare'] = bare['tokens_per_s'] / r['tokens_per_s'] - 1
     results.append(r)
