@@ -409,7 +409,8 @@ def examine(run, settings, retry_diverged):
     no checkpoint, or it diverged and --retry_diverged), resume, extend (completed, max_iters raised),
     or leave it: completed, diverged, running. Settings that differ raise SweepError."""
     d = run['dir']
-    if not d.is_dir() or not any(files for _, _, files in os.walk(d)):
+    # train.py's lock file alone: a start stopped before it wrote anything
+    if not d.is_dir() or not any(n != runs.LOCK_FILE for _, _, names in os.walk(d) for n in names):
         return 'start', 'from scratch', []
     if not (d / 'config.json').is_file():
         raise SweepError(f"{d}: not a run folder (no config.json) and not empty: the sweep will not replace "

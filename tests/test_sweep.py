@@ -404,6 +404,17 @@ def test_missing_sweep_file_and_slurm_without_sbatch(tmp_path, capsys, monkeypat
     assert not (tmp_path / 'out').exists()
 
 
+def test_a_folder_holding_only_train_lock_starts_from_scratch(tmp_path):
+    """A start stopped before train.py wrote anything leaves its lock file (runs.RunLock): not a run to
+    refuse or resume."""
+    (tmp_path / 'r').mkdir()
+    (tmp_path / 'r' / runs.LOCK_FILE).write_text('host 123\n')
+    assert sweep.examine(dict(dir=tmp_path / 'r'), {}, False) == ('start', 'from scratch', [])
+    (tmp_path / 'r' / 'other.txt').write_text('x')
+    with pytest.raises(sweep.SweepError, match='not a run folder'):
+        sweep.examine(dict(dir=tmp_path / 'r'), {}, False)
+
+
 def test_run_names_say_what_varies():
     point = dict(seed=2, learning_rate=3e-3, model_name='gqa', n_layer=4)
     assert sweep.run_name_of(point, ['seed', 'learning_rate', 'model_name']) == 'gqa_lr3e-3_s2'
