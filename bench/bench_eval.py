@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 import eval_harness as eh  # noqa: E402
 import probes  # noqa: E402
+from configurator import read_config_file  # noqa: E402
 from model import GPT, make_config, pick_device  # noqa: E402
 from runs import load_checkpoint, save_checkpoint  # noqa: E402
 from prepare import read_stories, sample_files  # noqa: E402
@@ -31,8 +32,7 @@ from tokenizer import load_tokenizer  # noqa: E402
 
 
 def model_from_config(path, seed, device):
-    settings = {'__file__': os.path.abspath(path)}  # variant configs build on baseline.py through __file__
-    exec(open(path).read(), settings)
+    settings = read_config_file(path)  # a variant config's `base` (config/baseline.py) included
     shape = {k: settings[k] for k in ('n_layer', 'n_head', 'n_kv_head', 'n_embd', 'block_size') if k in settings}
     torch.manual_seed(seed)
     model = GPT(make_config(settings.get('model_name', 'baseline'), **shape))
