@@ -1104,7 +1104,7 @@ STYLE = ('body{font-family:sans-serif;margin:1.2em 2em;max-width:1400px}table{bo
          'font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;'
          'vertical-align:top}th{background:#f3f3f3}.warn{color:#a40}.scroll{overflow-x:auto}'
          'h1{font-size:1.4em;margin:0.3em 0}p.lead{margin:0.3em 0;max-width:1150px}'
-         'table.board td{max-width:330px;overflow-wrap:anywhere}table.board td.num{text-align:right;'
+         'table.board td{max-width:330px;overflow-wrap:anywhere;padding:2px 6px}table.board td.num{text-align:right;'
          'white-space:nowrap}tr.base td{font-weight:bold;background:#f7f7f7}td.better{color:#070}'
          'td.worse{color:#b00}td.story{min-width:260px;max-width:420px;white-space:pre-wrap;font-size:12px}'
          'img{max-width:100%;display:block;margin:1em 0}')
