@@ -2,7 +2,6 @@
 position table that cannot go past its context (said, not a crash), the longer model equal to the
 original on its own context, copy accuracy 100% for a model that copies by construction, generation
 statistics on fixed strings, and the report of real tiny runs (baseline and gpt2, two seeds each)."""
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import eval_harness as eh
 import probes
 from model import GPT, MODEL_REGISTRY, make_config
 from runs import save_checkpoint
-from conftest import write_bpe_tokenizer
+from conftest import read_csv, write_bpe_tokenizer
 
 SETTINGS = dict(probes.DEFAULT_SETTINGS, length_sequences=3, length_buckets=4, copy_sequences=5, copy_tokens=6)
 STORIES = ['Once upon a time a cat sat on a mat.', 'Tom ran to the park. He was happy.', 'The sun was hot.',
@@ -225,11 +224,6 @@ def test_generation_statistics_of_fixed_continuations():
 
 # -----------------------------------------------------------------------------
 # the report on real tiny runs: baseline and gpt2, two seeds each
-
-
-def read_csv(path):
-    with open(path, newline='', encoding='utf-8') as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope='module')
