@@ -102,8 +102,10 @@ def curve(run, key, x_key='tokens_seen'):
 
 
 def _last_tokens(run):
-    tokens = curve(run, 'tokens_seen', 'iter')[1]
-    return tokens[-1] if len(tokens) else -1.0
+    for tokens in reversed(run['metrics']['tokens_seen']):
+        if math.isfinite(tokens):
+            return tokens
+    return -1.0
 
 
 def replicates(group):
@@ -116,7 +118,8 @@ def replicates(group):
     rank = {'completed': 2, 'diverged': 1}
     kept, dropped = [], []
     for runs in by_seed.values():
-        best = max(runs, key=lambda r: (rank.get(r['status'], 0), _last_tokens(r)))  # max keeps the first on ties
+        # max keeps the first on ties
+        best = max(runs, key=lambda r: (rank.get(r['status'], 0), _last_tokens(r))) if len(runs) > 1 else runs[0]
         kept.append(best)
         dropped += [(r, best) for r in runs if r is not best]
     return kept, dropped
@@ -162,7 +165,7 @@ def compare_groups(group, baseline, metric, min_effect=stats.MIN_EFFECT):
     sides = []
     for g in (group, baseline):
         runs = [r for r in replicates(g)[0] if usable(r)]
-        sides.append([(r, *curve(r, metric)) for r in runs if len(curve(r, metric)[0])])
+        sides.append([(r, x, y) for r in runs for x, y in [curve(r, metric)] if len(x)])
     if not all(sides):
         return None
     setters = []
