@@ -113,7 +113,8 @@ class GPTConfig:
         if self.pos_emb == 'rope' and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"rotary embeddings need an even head size, got n_embd/n_head={self.n_embd // self.n_head}")
         if self.n_expert and not 1 <= self.expert_top_k <= self.n_expert:
-            raise ValueError(f"expert_top_k={self.expert_top_k} with n_expert={self.n_expert}: expected 1..{self.n_expert}")
+            raise ValueError(f"expert_top_k={self.expert_top_k} with n_expert={self.n_expert}: "
+                             f"expected 1..{self.n_expert}")
 
     @property
     def padded_vocab_size(self):
@@ -323,10 +324,11 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         dropout = self.dropout if self.training else 0.0
         if self.diff:
-            l1, l2 = (self.diff_lambdas[0] @ self.diff_lambdas[1]).exp(), (self.diff_lambdas[2] @ self.diff_lambdas[3]).exp()
+            lq1, lk1, lq2, lk2 = self.diff_lambdas
+            lam = (lq1 @ lk1).exp() - (lq2 @ lk2).exp() + self.lambda_init
             y1 = attention(q[:, 0::2], k[:, 0::2], v, mask, self.impl, dropout, self.sink)
             y2 = attention(q[:, 1::2], k[:, 1::2], v, mask, self.impl, dropout, self.sink)
-            y = self.head_norm(y1 - (l1 - l2 + self.lambda_init) * y2) * (1 - self.lambda_init)
+            y = self.head_norm(y1 - lam * y2) * (1 - self.lambda_init)
         else:
             y = attention(q, k, v, mask, self.impl, dropout, self.sink)
         if self.c_gate is not None:
@@ -753,7 +755,7 @@ class MuonWithAdamW:
 
     def load_state_dict(self, state_dict):
         if set(state_dict) != {'adamw', 'muon'}:
-            raise ValueError("optimizer state: expected Muon and AdamW states (a checkpoint of an optimizer='muon' run)")
+            raise ValueError("optimizer state: expected Muon's and AdamW's (from a run with optimizer='muon')")
         self.adamw.load_state_dict(state_dict['adamw'])
         self.muon.load_state_dict(state_dict['muon'])
 

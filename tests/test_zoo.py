@@ -345,7 +345,7 @@ def test_muon_resumes_exactly_from_its_state_dict():
     steps(again, opt2, 3, 10)
     for a, b in zip(model.parameters(), again.parameters()):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="expected Muon and AdamW states"):
+    with pytest.raises(ValueError, match="expected Muon's and AdamW's"):
         opt2.load_state_dict(tiny().configure_optimizers(0.0, 1e-3, (0.9, 0.95), 'cpu').state_dict())
 
 # -----------------------------------------------------------------------------
