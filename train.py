@@ -171,9 +171,9 @@ if master and (init_from == 'scratch' or os.path.isdir(run_dir)):
              f"permissions of --out_dir={out_dir}")
     files = [name for _, _, names in os.walk(run_dir) for name in names if name != runs.LOCK_FILE]
     if init_from == 'scratch' and files:
-        if not overwrite:
-            fail(f"{run_dir} already exists: pass --overwrite=True to replace it, or continue it with: "
-                 f"{resume_cmd}, or choose another --run_name")
+        if not overwrite:  # a resume command only where there is a checkpoint: printed commands work
+            resume_hint = f"continue it with: {resume_cmd}, " if runs.list_checkpoints(run_dir) else ''
+            fail(f"{run_dir} already exists: pass --overwrite=True to replace it, {resume_hint}or choose another --run_name")
         if not os.path.isfile(os.path.join(run_dir, 'config.json')):
             fail(f"{run_dir} is not a run folder (no config.json): refusing to delete it even with --overwrite=True")
 

@@ -416,6 +416,11 @@ def test_existing_run_folder_is_refused_then_replaced_with_overwrite(small_data,
     assert result.returncode != 0 and 'already exists' in result.stderr and '--overwrite=True' in result.stderr
     assert f'python train.py --init_from=resume --run_name=r --out_dir={tmp_path}' in result.stderr
     assert marker.read_text() == 'keep me'
+    (run / 'checkpoints').rename(tmp_path / 'away')  # nothing to continue from: no resume command offered
+    result = run_train('config/smoke.py', f'--out_dir={tmp_path}', '--run_name=r', f'--data_dir={small_data}',
+                       *TINY, '--max_iters=5')
+    assert 'already exists' in result.stderr and '--init_from=resume' not in result.stderr, result.stderr
+    (tmp_path / 'away').rename(run / 'checkpoints')
     # a leftover of an old version's failed start (empty folders only) is not a run: it is reused
     (tmp_path / 'stub' / 'checkpoints').mkdir(parents=True)
     train_run(small_data, tmp_path, 'stub', *TINY, '--max_iters=5')
