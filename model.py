@@ -5,15 +5,14 @@ The baseline is a GPT-2-shaped decoder with the modern updates: pre-norm RMSNorm
 rotary position embeddings, causal attention through scaled_dot_product_attention (FlashAttention
 where the device has it), tied input/output embeddings and a vocabulary padded to a multiple of 64.
 A variant is a name in MODEL_REGISTRY that sets a few GPTConfig fields; the modules below read those
-fields. This file also owns generation (with a key/value cache), log-likelihood scoring and the one
-checkpoint format (save_checkpoint / load_checkpoint) that every script uses.
+fields. This file also owns generation (with a key/value cache) and log-likelihood scoring; the
+checkpoint format (save_checkpoint / load_checkpoint) is runs.py's.
 
     from model import make_config, GPT
     model = GPT(make_config('gqa', n_layer=4, n_head=4, n_embd=256, block_size=256))
 """
 import math
-import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
