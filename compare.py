@@ -1036,18 +1036,28 @@ def scaling_figure(result, base_variant, metric):
                 label=f'{variant} fit, extrapolated' if i == 0 else None)
         rows = [r for r in result['multipliers'] if r['variant'] == variant]
         if rows:
-            m = np.array([r['multiplier'] for r in rows])
-            err = [m - [r['low'] for r in rows], [r['high'] for r in rows] - m]
-            mx.errorbar([r['flops'] for r in rows], m, yerr=np.clip(err, 0, 1e6), fmt='o-', color=color,
-                        capsize=3, label=variant)
+            x = [r['flops'] for r in rows]
+            finite = [v for r in rows for v in (r['multiplier'], r['low'], r['high']) if math.isfinite(v)]
+            cap = 4 * max(finite + [1.0])  # 'never' (below the baseline fit's floor) is drawn up to here
+            m, low, high = (np.minimum([r[k] for r in rows], cap) for k in ('multiplier', 'low', 'high'))
+            mx.errorbar(x, m, yerr=np.clip([m - low, high - m], 0, None), fmt='o-', color=color, capsize=3,
+                        label=variant)
+            for xi, r in zip(x, rows):
+                if math.isinf(r['high']):
+                    mx.annotate('never', (xi, cap), xytext=(4, -4), textcoords='offset points', color=color,
+                                fontsize='small')
     ax.set(xscale='log', yscale='log', xlabel='training FLOPs', ylabel=f'final {label(metric)}',
            title='loss against compute (dashed: extrapolated)')
     mx.axhline(1.0, color='black', lw=1, ls=':')
     mx.set(xscale='log', yscale='log', xlabel='training FLOPs (the variant\'s)',
            ylabel=f'compute multiplier vs {base_variant}', title='compute multiplier (above 1: better)')
+    low_y, high_y = mx.get_ylim()
+    mx.set_yticks([t for t in 2.0 ** np.arange(-10, 11) if low_y <= t <= high_y])  # 1/2, 1, 2, 4...
+    mx.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter('%.3g'))  # a loss axis spans less than 10x
     for a in (ax, mx):
         a.yaxis.set_major_formatter(ticker.FormatStrFormatter('%.3g'))
-        a.yaxis.set_minor_formatter(ticker.FormatStrFormatter('%.3g'))
+        a.xaxis.set_minor_formatter(ticker.NullFormatter())
         a.grid(alpha=0.3, which='both')
         a.legend(fontsize='small')
     fig.tight_layout()
