@@ -8,7 +8,8 @@ train.py's real loop at one shape, so that the loop's overhead over the bare ste
     python bench/bench_train.py --device=cpu --models=zoo --shapes=zoo_cpu --vocab_size=4096 --rounds=5 --loop=False
 
 Per shape and model it prints ms/iteration, tokens/s, MFU (against model.PEAK_FLOPS for the card),
-peak memory, the step time relative to the baseline's at the same shape (when the baseline is timed),
+peak memory, the step time relative to the baseline's at the same shape (when the baseline is timed;
+on a CPU by the process's CPU time per step, which with one thread does not depend on other load),
 and the loss before and after the timed steps: the batch is fixed, so a working step memorises it and
 the loss falls (a broken step cannot look fast). --models=zoo times every registered variant. `nanogpt` is the `gpt2` variant
 with bias=False, i.e. nanoGPT's GPT, timed by the same code on the same card.
@@ -118,12 +119,12 @@ def make_step(shape, model_spec):
 
 
 def time_steps(step):
-    """(seconds per step over `steps` steps, the last loss)."""
-    t0 = time.perf_counter()
+    """(wall seconds per step, this process's CPU seconds per step, the last loss) over `steps` steps."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         loss = step()
     last_loss = loss.item()  # waits for the device
-    return (time.perf_counter() - t0) / steps, last_loss
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps, last_loss
 
 
 def bench_shape(shape, specs):
@@ -131,21 +132,24 @@ def bench_shape(shape, specs):
     turns, each timed once per round, and the median round is reported: other work on a shared CPU then
     slows them alike (with rounds = 1, one model at a time, as on a GPU)."""
     n_layer, n_head, n_embd, T, B = SHAPES[shape]
-    built, times, results = {}, {spec: [] for spec in specs}, []
+    built, times, cpu_times, results = {}, {spec: [] for spec in specs}, {spec: [] for spec in specs}, []
     for r in range(rounds):
         for spec in specs:
             if spec not in built:
                 built[spec] = make_step(shape, spec)
             step, model, first_loss = built[spec]
-            dt, last_loss = time_steps(step)
+            dt, cpu, last_loss = time_steps(step)
             times[spec].append(dt)
+            cpu_times[spec].append(cpu)
             if r < rounds - 1:
                 continue
             del built[spec]
             dt = sorted(times[spec])[len(times[spec]) // 2]
             tokens_per_s = B * T / dt
+            # with one thread, CPU time per step is what the step takes on an idle core, whatever the load
+            cpu_ms = 1000 * sorted(cpu_times[spec])[len(cpu_times[spec]) // 2]
             results.append(dict(shape=shape, model=spec, params_m=round(model.num_params() / 1e6, 2),
-                                ms_per_iter=1000 * dt, tokens_per_s=tokens_per_s,
+                                ms_per_iter=1000 * dt, cpu_ms_per_iter=cpu_ms, tokens_per_s=tokens_per_s,
                                 mfu=model.estimate_mfu(tokens_per_s, device, peak_flops, T),
                                 peak_mem_mb=peak_memory_mb(), loss_first=first_loss, loss_last=last_loss,
                                 ms_per_iter_rounds=[round(1000 * t, 1) for t in times[spec]]))
@@ -201,8 +205,10 @@ def pct(v):
 device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else f'cpu ({torch.get_num_threads()} threads)'
 print(f"device {device_name}, torch {torch.__version__}, {dtype}{', compiled' if compile else ''}, "
       f"{steps} timed steps after {warmup_steps}")
-print(f"{'shape':<12} {'model':<24} {'params':>7} {'ms/iter':>9} {'vs base':>7} {'tokens/s':>11} {'MFU':>6} "
-      f"{'peak MB':>8}  loss first -> last")
+# on a CPU the comparison is by CPU time (the same as wall time on an idle machine with one thread)
+relative_to = 'cpu_ms_per_iter' if device_type == 'cpu' else 'ms_per_iter'
+print(f"{'shape':<12} {'model':<24} {'params':>7} {'ms/iter':>9} {'cpu ms':>8} {'vs base':>7} {'tokens/s':>11} "
+      f"{'MFU':>6} {'peak MB':>8}  loss first -> last")
 model_specs = list(MODEL_REGISTRY) if models == 'zoo' else models.split(',')
 results = []
 for shape in shape_names:
@@ -210,12 +216,12 @@ for shape in shape_names:
     for r in bench_shape(shape, model_specs):
         spec = r['model']
         if spec == 'baseline':
-            base_ms = r['ms_per_iter']
-        r['vs_baseline'] = r['ms_per_iter'] / base_ms if base_ms else None
+            base_ms = r[relative_to]
+        r['vs_baseline'] = r[relative_to] / base_ms if base_ms else None
         results.append(r)
         relative = f"{r['vs_baseline']:>6.2f}x" if base_ms else f"{'-':>7}"
-        print(f"{shape:<12} {spec:<24} {r['params_m']:>6}M {r['ms_per_iter']:>9.1f} {relative} "
-              f"{r['tokens_per_s']:>11,.0f} {pct(r['mfu'])} {r['peak_mem_mb']:>8.0f}  "
+        print(f"{shape:<12} {spec:<24} {r['params_m']:>6}M {r['ms_per_iter']:>9.1f} {r['cpu_ms_per_iter']:>8.1f} "
+              f"{relative} {r['tokens_per_s']:>11,.0f} {pct(r['mfu'])} {r['peak_mem_mb']:>8.0f}  "
               f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}", flush=True)
     release()
 if loop:
