@@ -931,7 +931,7 @@ def scaling_cells(groups, rows, metric):
     return cells, warnings
 
 
-def scaling_report(groups, baseline, rows, metric, forced):
+def scaling_report(groups, baseline, rows, metric, forced, draw=True):
     """The scaling section: fits, compute multipliers and (where the learning rate varies) learning-rate
     sensitivity, as tables and two plots. None where no variant has runs at 3 sizes (unless forced:
     --scaling, then an error). dict(texts, plots, html, console, warnings)."""
@@ -1009,11 +1009,11 @@ def scaling_report(groups, baseline, rows, metric, forced):
     heading = (f"Final {metric} against training FLOPs (log-log): seed means with their min-max, each "
                f"variant's fit L(C) = E + A*C^-alpha (dashed: extrapolated, beyond the largest run), and the "
                f"compute multiplier against the baseline with its {stats.CONFIDENCE:.0%} interval")
-    plots = [('scaling.png', heading, scaling_figure(result, base_variant, metric))]
+    plots = [('scaling.png', heading, scaling_figure(result, base_variant, metric))] if draw else []
     if lr_rows:
         heading = (f"Final {metric} against the learning rate, each variant and size (seed means; star: the "
                    f"best learning rate, from a parabola in log lr)")
-        plots.append(('lr_sensitivity.png', heading, lr_figure(lr_rows, metric)))
+        plots += [('lr_sensitivity.png', heading, lr_figure(lr_rows, metric))] if draw else []
     return dict(texts=texts, plots=plots, html='\n'.join(parts), console=headline, warnings=warnings)
 
 
@@ -1249,6 +1249,8 @@ def report_html(run_table, table, tuned, plots, stories, baseline_label, why, wa
     if stories is not None:
         parts += ['<h2>Stories: what each seed group writes</h2>', stories_html(stories)]
     parts += ['<h2>Runs</h2>', to_html_table(run_table, RUN_COLUMNS), '<h2>Curves</h2>']
+    if not plots:
+        parts.append('<p>No figures: compare.py ran with --no_plots.</p>')
     for name, heading, png in plots:
         data = base64.b64encode(png).decode('ascii')
         parts.append(f'<h3>{e(heading)}</h3><img alt="{e(name)}" src="data:image/png;base64,{data}">')
@@ -1287,6 +1289,8 @@ def parse_args(argv):
                     help='require the scaling section (fits of final loss against training FLOPs, compute '
                          'multipliers); it appears by itself where a variant ran at 3 or more sizes')
     ap.add_argument('--no_samples', action='store_true', help='leave the stories out of report.html')
+    ap.add_argument('--no_plots', action='store_true',
+                    help='tables and verdicts only: no figures (drawing them is most of a report\'s time)')
     ap.add_argument('--device', default='auto', help='device the stories are sampled on (default: auto)')
     ap.error = fail  # one line and exit 1, not a usage dump
     args = ap.parse_args(argv)
@@ -1350,7 +1354,7 @@ def main(argv=None):
     notes += [f"{r['name']} counted once: same settings and seed as {kept['name']} (a rerun or a copy)"
               for g in groups for r, kept in replicates(g)[1]]
     warnings = token_warnings(rows) + [f'skipped {s}' for s in skipped]
-    scaling = scaling_report(groups, baseline, rows, metric, args.scaling)  # None: runs of fewer than 3 sizes
+    scaling = scaling_report(groups, baseline, rows, metric, args.scaling, draw=not args.no_plots)  # None: < 3 sizes
     warnings += scaling['warnings'] if scaling else []
 
     report_dir = Path(args.report_dir)
@@ -1361,7 +1365,8 @@ def main(argv=None):
     stories = draw_stories(groups, device) if not args.no_samples else None
     tuned_plot = (variants, args.tune) if tuned else None
     speed_caveat = shared_cpu(loaded)
-    plots = make_plots(loaded, groups, baseline, rows, metric, args.x, tuned_plot, speed_caveat)
+    plots = [] if args.no_plots else make_plots(loaded, groups, baseline, rows, metric, args.x, tuned_plot,
+                                                 speed_caveat)
     plots += scaling['plots'] if scaling else []
     eval_dir = Path(args.eval_dir) if args.eval_dir else report_dir / 'eval_harness'
     eval_html = eval_results_html(eval_dir, report_dir, [r['name'] for r in loaded])

@@ -71,6 +71,24 @@ os.umask(UMASK)  # read once: files are created with the permissions open() give
 CPU_MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '4000000000', 'MALLOC_TRIM_THRESHOLD_': '8000000000'}
 
 
+def busy_cpus(sample_s=0.2):
+    """How many CPUs other processes (not niced) keep busy now: /proc/stat over sample_s (Linux), else the
+    1-minute load average. The average lags: a sweep's previous run still counts in it for minutes after
+    it ended, and a run started then would take fewer threads than the idle machine gives it."""
+    def ticks():
+        with open('/proc/stat') as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        # all (guest time is inside user); idle, iowait and nice: a niced process yields its CPU to a run
+        return sum(values[:8]), values[1] + values[3] + values[4]
+    try:
+        (total0, idle0), _ = ticks(), time.sleep(sample_s)
+        total1, idle1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return (os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0), 'load'
+    cpus = os.cpu_count() or 1
+    return cpus * (1 - (idle1 - idle0) / max(1, total1 - total0)), 'busy'
+
+
 class RunError(ValueError):
     """A run folder or one of its files is missing or malformed; the message names the file."""
 
@@ -663,7 +681,7 @@ SEED_GROUP_IGNORED_KEYS = {
     # logging, eval cadence and checkpoints: what is recorded, not what is learned. (eval_windows, which
     # fixes the val set, is compared; the last iteration is always evaluated, whatever eval_interval)
     'log_interval': 'logging cadence', 'eval_interval': 'when val loss is measured',
-    'tensorboard': 'logging', 'save_checkpoints': 'checkpoints', 'checkpoint_interval': 'checkpoints',
+    'tensorboard': 'logging', 'plots': 'logging', 'save_checkpoints': 'checkpoints', 'checkpoint_interval': 'checkpoints',
     'keep_checkpoints': 'checkpoints', 'peak_flops': 'only the MFU denominator',
     # the same arithmetic on another code path or machine: floating-point noise at most
     'compile': 'torch.compile', 'attn_impl': 'sdpa and math compute the same attention',
@@ -675,7 +693,7 @@ SEED_GROUP_IGNORED_KEYS = {
 # Ignored keys that are expected to differ between replicates; any other ignored key that differs
 # inside a group is named in the group's notes, so a reader sees what was pooled.
 EXPECTED_TO_DIFFER = {'seed', 'run_name', 'out_dir', 'started_at', 'config_file', 'data_dir', 'overwrite',
-                      'resumed_at', 'init_from'}
+                      'resumed_at', 'init_from', 'tensorboard', 'plots'}
 # Derived from other keys: never the name of a difference in a group label.
 DERIVED_KEYS = {'n_params', 'n_params_non_embedding', 'tokens_per_iter'}
 

@@ -101,6 +101,30 @@ def _train_signals(prctl):
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _wait_for_end(pid, timeout):
+    """Until the child process pid has ended, at most timeout seconds. Not Popen.wait(timeout): this runs in
+    a signal handler that interrupted __call__'s Popen.wait(), which holds the lock that Popen.wait(timeout)
+    waits for, so it would always wait the whole timeout, however soon train.py had saved and ended."""
+    try:
+        pidfd = os.pidfd_open(pid)  # readable once the process has ended (Linux 5.3)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            select.select([pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
+        return
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return  # ended, and reaped here (Popen then reads exit status 0)
+        except ChildProcessError:
+            return  # reaped already
+        time.sleep(0.05)
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """One run: train.py from scratch, or from the run's newest checkpoint when it has one, so a job
     requeued after a time limit or a preemption continues. Returns train.py's exit code."""
@@ -171,10 +195,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         this object, which resumes."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=self.checkpoint_wait_s)
-            except subprocess.TimeoutExpired:
-                pass  # it resumes from the newest checkpoint it did save
+            _wait_for_end(self.proc.pid, self.checkpoint_wait_s)  # else it resumes from its newest checkpoint
         return submitit.helpers.DelayedSubmission(self)
 
     def __getstate__(self):

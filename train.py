@@ -62,6 +62,7 @@ save_checkpoints: bool = True   # checkpoints at checkpoint_interval, at the end
 checkpoint_interval: int = 0    # 0: only at the end (Ctrl-C always saves one)
 keep_checkpoints: int = 3       # newest numbered checkpoints kept (and the lowest-loss one); 0 keeps all
 tensorboard: bool = True        # TensorBoard events in the run folder's tb/
+plots: bool = True              # plots/metrics.png and layer_norms.png at the end (~2 s on a CPU)
 # data
 data_dir: str = 'data/tinystories'  # where prepare.py wrote the bins
 dataset_variant: str = 'small'  # 'small' | 'full', made by: python prepare.py --variant ...
@@ -102,7 +103,7 @@ deterministic: bool = False     # PyTorch's deterministic algorithms (slower)
 peak_flops: float | None = None  # for MFU; None: model.PEAK_FLOPS by device name
 # settings a resume may change: they do not alter the arithmetic of the steps already taken
 resume_may_change = ('out_dir', 'run_name', 'overwrite', 'init_from', 'log_interval', 'eval_interval',
-                     'save_checkpoints', 'checkpoint_interval', 'keep_checkpoints', 'tensorboard', 'data_dir',
+                     'save_checkpoints', 'checkpoint_interval', 'keep_checkpoints', 'tensorboard', 'plots', 'data_dir',
                      'max_iters', 'lr_decay_iters', 'diverge_factor', 'device', 'compile', 'num_threads',
                      'deterministic', 'peak_flops', 'attn_impl')
 setting_help.update(comments(open(__file__, encoding='utf-8').read()))
@@ -274,13 +275,13 @@ torch.backends.cudnn.allow_tf32 = True
 threads_note = ''
 if device_type == 'cpu':  # torch's threads spin-wait: on a busy 2-core machine 2 threads ran ~2x slower than 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
     if num_threads:
         threads, why = num_threads, '--num_threads'
     elif os.environ.get('OMP_NUM_THREADS', '').isdigit():
         threads, why = int(os.environ['OMP_NUM_THREADS']), 'OMP_NUM_THREADS'
     else:
-        threads, why = max(1, min(cpus, round(cpus - load))), f'load {load:.1f} on {cpus} CPUs'
+        busy, how = runs.busy_cpus()  # now, not the 1-minute load average (a sweep's last run still counts there)
+        threads, why = max(1, min(cpus, round(cpus - busy))), f'{how} {busy:.1f} of {cpus} CPUs'
     torch.set_num_threads(threads)
     malloc = 'malloc thresholds set' if malloc_set else 'default malloc'
     threads_note = f", {threads} CPU thread(s) ({why}), {malloc}"
@@ -700,7 +701,8 @@ if master:
     writer.summary(summary_fields(message), status)
     writer.close()
     try:
-        runs.plot_run(run_dir)
+        if plots:
+            runs.plot_run(run_dir)
     except Exception as e:  # plots are a convenience: never lose a finished run to them
         print(f"train.py: warning: could not draw plots: {e}", file=sys.stderr)
     saved = runs.list_checkpoints(run_dir)

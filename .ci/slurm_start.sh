@@ -4,7 +4,8 @@
 # ("cpu", the default), starts munged, slurmctld and slurmd, and waits for the node to be idle.
 # Run as root; running it again on a working cluster changes nothing.   Stop it: .ci/slurm_stop.sh
 #     sudo .ci/slurm_start.sh && sinfo
-# SLURM_CPUS (default: this machine's cores) sets how many CPUs the node offers the scheduler.
+# SLURM_CPUS (default: this machine's cores + 1) sets how many CPUs the node offers the scheduler: one more
+# than the cores, so that a job held stopped (tests/test_slurm.py holds one for up to 30 s) leaves none idle.
 set -euo pipefail
 
 fail() { echo "slurm_start.sh: error: $*" >&2; exit 1; }
@@ -41,7 +42,7 @@ fi
 
 # slurm.conf: this host as controller and only node; processes tracked without cgroups (containers)
 host=$(hostname -s)
-cpus=${SLURM_CPUS:-$(nproc)}
+cpus=${SLURM_CPUS:-$(( $(nproc) + 1 ))}
 mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 conf_dir=/etc/slurm
 [ -d /etc/slurm-llnl ] && [ ! -d /etc/slurm ] && conf_dir=/etc/slurm-llnl  # older Debian/Ubuntu

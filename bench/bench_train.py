@@ -187,7 +187,7 @@ def bench_loop(shape):
                f'--n_head={n_head}', f'--n_embd={n_embd}', f'--block_size={T}', f'--batch_size={B}',
                f'--max_iters={loop_iters}', '--log_interval=10', f'--eval_interval={loop_iters}', '--eval_windows=16',
                '--save_checkpoints=False', f'--device={device}', f'--dtype={dtype}', f'--compile={compile}',
-               '--warmup_iters=10']
+               '--warmup_iters=10', '--plots=False']
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"bench_train.py: error: train.py failed:\n{proc.stderr[-2000:]}")

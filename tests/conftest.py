@@ -14,10 +14,27 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # each of the -n workers trains on one core: torch's threads spin-wait, and two workers of 2 threads on
+    # 2 cores ran slower than two of 1 (train.py and the scripts run here read OMP_NUM_THREADS first)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes several seconds (skip with -m 'not slow')")
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # xdist would put the modules of most tests first: LONGEST_FIRST
+
+
+# the modules that take longest, longest first: pytest-xdist (`-n 2 --dist loadscope`, README: Tests) hands
+# whole modules to its workers in collection order, and starting with these lets the two finish together
+LONGEST_FIRST = ("test_train.py", "test_slurm.py", "test_sweep.py", "test_eval_harness.py", "test_compare.py",
+                 "test_speed.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    order = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: tests keep their order
 
 
 # the tiny model the model and speed tests build (GPTConfig fields; vocab 256 keeps them fast)
@@ -74,27 +91,48 @@ def tinystories_dir(tmp_path_factory):
     return folder
 
 
-def sample_data_dir(tmp_path_factory):
-    """The one data_dir that small_data and bpe_data prepare into (each only what it needs)."""
-    return tmp_path_factory.getbasetemp() / "sample_data" / "tinystories"
+def session_dir(tmp_path_factory):
+    """This test session's temporary folder: under pytest-xdist (README: Tests) the one all workers share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
+def once_per_session(tmp_path_factory, name, build):
+    """build() once for the whole session, even under pytest-xdist: the first worker to ask builds it, any
+    other waits for it (a lock) and reads what it returned. build returns something JSON can hold."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build()
+    import fcntl
+    shared = session_dir(tmp_path_factory) / f"{name}.json"
+    with open(shared.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # while another worker builds it
+        if not shared.is_file():
+            shared.write_text(json.dumps(build()))
+        return json.loads(shared.read_text())
+
+
+def sample_data_dir(tmp_path_factory, tokenizer):
+    """The one data_dir that small_data and bpe_data prepare into (each its own variant folder), shared by the
+    workers: one prepares, the others wait (prepare.py refuses a folder another prepare is writing)."""
+    data_dir = session_dir(tmp_path_factory) / "sample_data" / "tinystories"
+
+    def build():
+        import_prepare().prepare("small", "sample", data_dir, tokenizer=tokenizer)
+        return str(data_dir)
+    return Path(once_per_session(tmp_path_factory, f"sample_data_{tokenizer}", build))
 
 
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory):
-    """`data_dir` holding the prepared `small` variant (GPT-2) of the bundled sample (built once per session,
-    in this process)."""
-    data_dir = sample_data_dir(tmp_path_factory)
-    import_prepare().prepare("small", "sample", data_dir)
-    return data_dir
+    """`data_dir` holding the prepared `small` variant (GPT-2) of the bundled sample (built once per session)."""
+    return sample_data_dir(tmp_path_factory, "gpt2")
 
 
 @pytest.fixture(scope="session")
 def bpe_data(tmp_path_factory):
     """`data_dir` holding `small-bpe4k`: the bundled sample with a 4,096-token BPE trained on its train
     split (data_dir/small-bpe4k/tokenizer-<sha>.json). May be the same data_dir as small_data."""
-    data_dir = sample_data_dir(tmp_path_factory)
-    import_prepare().prepare("small", "sample", data_dir, tokenizer="bpe4k")
-    return data_dir
+    return sample_data_dir(tmp_path_factory, "bpe4k")
 
 
 def run_train(*args, cwd=REPO):
@@ -137,25 +175,29 @@ def train_run(data_dir, out_dir, run_name, *overrides, config="config/smoke.py",
 
 
 @pytest.fixture(scope="session")
-def smoke_runs(small_data, tmp_path_factory):
-    """An out/ folder with four short real runs (smoke config, 30 iterations, checkpoints every 15):
-    baseline_s1, baseline_s2 (model_name baseline, seeds 1 and 2) and gqa_s1, gqa_s2 (model_name gqa).
-    Shared by the compare and eval tests: copy a run before changing anything in it."""
-    out_dir = tmp_path_factory.mktemp("smoke") / "out"
-    for model_name in ("baseline", "gqa"):
-        for seed in (1, 2):
-            train_run(small_data, out_dir, f"{model_name}_s{seed}", f"--model_name={model_name}", f"--seed={seed}",
-                      "--max_iters=30", "--eval_interval=10", "--checkpoint_interval=15")
-    return out_dir
+def smoke_runs(bpe_data, tmp_path_factory):
+    """An out/ folder with four short real runs (smoke config on the bpe4k tokenizer, batch 4, 16 val windows,
+    30 iterations, checkpoints every 15): baseline_s1, baseline_s2 (model_name baseline, seeds 1 and 2) and gqa_s1, gqa_s2
+    (model_name gqa). The 4,096-token vocabulary makes a step ~4x cheaper than GPT-2's 50,257 on a CPU; only
+    baseline_s1 draws its plots and writes TensorBoard events. Shared by the compare, eval and sample
+    tests (built once per session, workers included): copy a run before changing anything in it."""
+    def build():
+        out_dir = session_dir(tmp_path_factory) / "smoke" / "out"
+        for model_name in ("baseline", "gqa"):
+            for seed in (1, 2):
+                quiet = () if (model_name, seed) == ("baseline", 1) else ("--plots=False", "--tensorboard=False")
+                train_run(bpe_data, out_dir, f"{model_name}_s{seed}", "--tokenizer=bpe4k", f"--model_name={model_name}",
+                          f"--seed={seed}", "--max_iters=30", "--eval_interval=10", "--checkpoint_interval=15",
+                          "--batch_size=4", "--eval_windows=16", *quiet)
+        return str(out_dir)
+    return Path(once_per_session(tmp_path_factory, "smoke_runs", build))
 
 
 @pytest.fixture(scope="session")
-def bpe_run(bpe_data, tmp_path_factory):
-    """A smoke run trained on the bpe4k tokenizer (20 iterations, checkpoints at 10 and 20): its folder
-    carries its tokenizer file (tokenizer-<sha>.json), and everything that reads it must decode with it."""
-    out_dir = tmp_path_factory.mktemp("bpe") / "out"
-    return train_run(bpe_data, out_dir, "bpe4k_s1", "--tokenizer=bpe4k", "--seed=1", "--max_iters=20",
-                     "--eval_interval=10", "--checkpoint_interval=10")
+def bpe_run(smoke_runs):
+    """A run trained on the bpe4k tokenizer (smoke_runs' baseline_s1): its folder carries its tokenizer file
+    (tokenizer-<sha>.json), and everything that reads it must decode with it."""
+    return smoke_runs / "baseline_s1"
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -278,7 +278,7 @@ def test_a_copy_or_rerun_counts_once(tmp_path, capsys):
     # a stale first try of seed 3 and its completed rerun: the completed one is the replicate
     make_metrics_run(out, 'gqa_s3_try', 9.0, model_name='gqa', seed=3, status='running', iters=[0, 10],
              vals={0: 10.0, 10: 9.0}, summary_fields=STALE, max_iters=30)
-    compare.main([str(out), '--report_dir', str(tmp_path / 'r'), '--no_samples'])
+    compare.main([str(out), '--report_dir', str(tmp_path / 'r'), '--no_samples', '--no_plots'])
     printed = capsys.readouterr().out
     groups = {g['group']: g for g in read_csv(tmp_path / 'r' / 'groups.csv')}
     row = groups['gqa']
@@ -378,7 +378,7 @@ def test_tuned_on_some_seeds_reported_on_others(tmp_path, capsys):
     assert same['diff_vs_baseline'] == pytest.approx(-0.0975)  # the lucky seeds 1, 2 make it look better
     r = tmp_path / 'r'
     compare.main([str(out), '--tune', 'learning_rate', '--tune_seeds', '1', '2', '--report_dir', str(r),
-                  '--no_samples'])
+                  '--no_samples', '--no_plots'])
     held = read_csv(r / 'tuned.csv')[1]
     assert held['best_value'] == 'learning_rate=0.003' and held['method'] == 'paired by seed (3, 4)'
     assert held['n'] == '2' and float(held['diff_vs_baseline']) == pytest.approx(0.0)
@@ -410,7 +410,7 @@ def test_real_runs_a_killed_rerun_and_a_copy(smoke_runs, tmp_path, capsys):
     (killed / 'metrics.csv').write_text('\n'.join(lines[:1] + kept) + '\n')
     summary = json.loads((killed / 'summary.json').read_text())
     (killed / 'summary.json').write_text(json.dumps(dict(summary, status='running', **STALE)))
-    compare.main([str(out), '--report_dir', str(tmp_path / 'r'), '--no_samples'])
+    compare.main([str(out), '--report_dir', str(tmp_path / 'r'), '--no_samples', '--no_plots'])
     printed = capsys.readouterr().out
     groups = {g['group']: g for g in read_csv(tmp_path / 'r' / 'groups.csv')}
     gqa = groups['gqa']
@@ -430,7 +430,8 @@ def test_real_runs_a_killed_rerun_and_a_copy(smoke_runs, tmp_path, capsys):
 def test_cli_tables_match_metrics_and_groups_by_hand(two_groups, tmp_path):
     """The one subprocess test: the command as a user runs it."""
     report = tmp_path / 'report'
-    proc = run_script(REPO / 'compare.py', two_groups, '--report_dir', report, '--no_samples', timeout=120)
+    proc = run_script(REPO / 'compare.py', two_groups, '--report_dir', report, '--no_samples', '--no_plots',
+                      timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "baseline: baseline (the only group with model_name 'baseline')" in proc.stdout
     rows = {r['run']: r for r in read_csv(report / 'summary_table.csv')}
@@ -468,6 +469,8 @@ def test_cli_tables_match_metrics_and_groups_by_hand(two_groups, tmp_path):
     assert gqa['verdict'] == 'within noise at 30,720 tokens' and gqa['p_holm'] == gqa['p_value']
     md = (report / 'groups.md').read_text()
     assert 'within noise' in md and 'ci95_low (unadjusted)' in md and 'verdict (Holm-adjusted)' in md
+    page = (report / 'report.html').read_text()  # --no_plots: the tables, no figure drawn or written
+    assert 'ran with --no_plots' in page and '<img' not in page and not list(report.glob('*.png'))
 
 
 def test_every_output_exists_and_parses(two_groups, tmp_path):
@@ -549,7 +552,7 @@ def test_metric_val_bpb_and_older_runs_without_it(tmp_path, capsys):
     make_metrics_run(out, 'gqa_s2', 2.2, model_name='gqa', seed=2, bpb=0.71)
     make_metrics_run(out, 'gqa_s3', 2.1, model_name='gqa', seed=3)  # written before val_bpb was logged
     compare.main([str(out), '--metric', 'val_bpb', '--x', 'time', '--report_dir', str(tmp_path / 'r'),
-                  '--no_samples'])
+                  '--no_samples', '--no_plots'])
     assert 'curves against training time (s, evaluation excluded)' in (tmp_path / 'r' / 'report.html').read_text()
     rows = {r['run']: r for r in read_csv(tmp_path / 'r' / 'summary_table.csv')}
     assert float(rows['gqa_s1']['final_val_bpb']) == 0.70 and rows['gqa_s3']['final_val_bpb'] == ''
@@ -631,7 +634,7 @@ def test_tuned_table_compares_each_variant_at_its_own_best_learning_rate(tmp_pat
 
 def test_baseline_flag_and_runs_glob_filter(two_groups, tmp_path):
     compare.main([str(two_groups), '--run_names', 'gqa_*', 'baseline_s1', '--baseline', 'gqa_s*', '--out_dir',
-                  str(two_groups), '--report_dir', str(tmp_path / 'r'), '--no_samples'])
+                  str(two_groups), '--report_dir', str(tmp_path / 'r'), '--no_samples', '--no_plots'])
     runs = [r['run'] for r in read_csv(tmp_path / 'r' / 'summary_table.csv')]
     assert runs == ['baseline_s1', 'gqa_s1', 'gqa_s2']
     groups = read_csv(tmp_path / 'r' / 'groups.csv')

@@ -145,7 +145,7 @@ def test_eval_harness_results_of_the_same_runs_are_shown_and_linked(tmp_path):
     (evals / 'groups.csv').write_text('number,group,n,mean,diff_vs_baseline,verdict\n'
                                       'copy.accuracy,gqa,2,0.61,+0.04,within noise\n')
     (evals / 'report.html').write_text('<html></html>')
-    compare.main([str(out), '--report_dir', str(report), '--no_samples'])
+    compare.main([str(out), '--report_dir', str(report), '--no_samples', '--no_plots'])
     page = (report / 'report.html').read_text()
     section = page[page.index('<h2>Eval harness</h2>'):]
     assert 'evaluated 3 of these 4 runs' in section and 'Not evaluated: baseline_s2.' in section

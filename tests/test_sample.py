@@ -62,7 +62,7 @@ def test_best_checkpoint_and_the_start_of_a_story(smoke_runs, tmp_path, capsys):
     for step in ('best', '15'):
         sample.main(common + ['--checkpoint_step', step, '--prompt', 'Once upon a time', '--num_samples', '1'])
         outputs[step] = capsys.readouterr().out
-    assert 'baseline_s1 at the best checkpoint (iteration 15), gpt2 tokenizer, greedy' in outputs['best']
+    assert 'baseline_s1 at the best checkpoint (iteration 15), bpe4k tokenizer, greedy' in outputs['best']
     assert printed_stories(outputs['best']) == printed_stories(outputs['15'])
     assert printed_stories(outputs['best'])[0].startswith('Once upon a time')
     # no prompt: a story from <|endoftext|>, the newest checkpoint by default
@@ -181,6 +181,6 @@ def test_command_line(smoke_runs):
                       PROMPTS[0], '--temperature', '0', '--max_new_tokens', '12', '--num_samples', '2',
                       '--device', 'cpu', timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith('baseline_s2 at step 30, gpt2 tokenizer, greedy, device cpu\n')
+    assert proc.stdout.startswith('baseline_s2 at step 30, bpe4k tokenizer, greedy, device cpu\n')
     expected = sample.generate_stories(smoke_runs / 'baseline_s2', PROMPTS[:1], max_new_tokens=12, temperature=0)
     assert printed_stories(proc.stdout) == [PROMPTS[0] + expected[0]] * 2

@@ -236,7 +236,7 @@ def test_a_ladder_crosses_model_sizes_with_the_grid(tmp_path, capsys):
     sizes = ['2x64', '3x96', '4x128', '5x160']
     assert code == 0 and names == [f'{m}_{size}_s{s}' for size in sizes for m in ('baseline', 'gpt2') for s in (1, 2)]
     command = out.split('# gpt2_4x128_s2: from scratch\n')[1].splitlines()[0]
-    for setting in ('--n_layer=4', '--n_embd=128', '--n_head=4', '--max_iters=420', '--model_name=gpt2', '--seed=2'):
+    for setting in ('--n_layer=4', '--n_embd=128', '--n_head=4', '--max_iters=240', '--model_name=gpt2', '--seed=2'):
         assert setting in command.split()
     bad = tmp_path / 'bad.py'
     for ladder, message in (

@@ -1,6 +1,7 @@
-"""sweep.py: a tiny sweep through submitit's local launcher with 2 runs at once, stopped with Ctrl-C and
-continued (completed runs untouched); what a rerun plans for completed, diverged, stale and changed runs;
-the report's tuned table; the SLURM job array with a stand-in sbatch; each bad input as one line."""
+"""sweep.py: a tiny sweep through submitit's local launcher with 2 runs at once, stopped with Ctrl-C, its
+rerun killed with kill -9, and continued (completed runs untouched); what a rerun plans for completed,
+diverged, stale and changed runs; the report's tuned table; the SLURM job array with a stand-in sbatch;
+each bad input as one line."""
 import contextlib
 import csv
 import hashlib
@@ -23,11 +24,13 @@ import pytest
 
 import runs
 import sweep
-from conftest import CPU_MALLOC_ENV, REPO
+from conftest import CPU_MALLOC_ENV, REPO, once_per_session
 
-# a model that trains 30 iterations in about a second on a CPU (n_head=4: gqa's 2 kv heads differ from it)
-TINY = ['--n_layer=1', '--n_embd=32', '--n_head=4', '--block_size=32', '--batch_size=2', '--eval_windows=8',
-        '--max_iters=30', '--eval_interval=10', '--log_interval=2', '--tensorboard=False']
+# a model that trains 30 iterations in well under a second on a CPU (n_head=4: gqa's 2 kv heads differ from
+# it), on the bpe_data fixture's 4,096-token BPE (a step ~5x cheaper than GPT-2's vocabulary), without plots
+TINY = ['--tokenizer=bpe4k', '--n_layer=1', '--n_embd=32', '--n_head=4', '--block_size=32', '--batch_size=2',
+        '--eval_windows=8', '--max_iters=30', '--eval_interval=10', '--log_interval=2', '--tensorboard=False',
+        '--plots=False']
 VARIANTS_X_SEEDS = dict(model_name=['baseline', 'gqa'], seed=[1, 2])
 
 
@@ -68,29 +71,115 @@ def link_run(src, dst):
     shutil.copytree(src, dst, copy_function=os.link)
 
 
+def signal_pending(pid, signum):
+    """True once signum waits for the process (stopped, it cannot take it yet): /proc/<pid>/status."""
+    try:
+        status = Path(f'/proc/{pid}/status').read_text()
+    except FileNotFoundError:
+        raise AssertionError(f"process {pid} ended before {signal.Signals(signum).name} reached it") from None
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(('SigPnd:', 'ShdPnd:'))]
+    return any(mask >> (signum - 1) & 1 for mask in masks)
+
+
+def metrics_lines(run_dir):
+    path = Path(run_dir) / 'metrics.csv'
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+@contextlib.contextmanager
+def frozen_in_training(proc, sweep_dir, names, deadline):
+    """{name: pid}: each run's train.py stopped (SIGSTOP) as soon as it adds a row to its metrics.csv, that is
+    in its training loop, where a signal makes it save a checkpoint: it stays mid-training however short the
+    run and however busy the machine. On leaving, each gets SIGCONT, then takes what was sent meanwhile."""
+    frozen = {}
+    rows_before = {name: len(metrics_lines(sweep_dir / name)) for name in names}
+
+    def thaw():
+        for pid in frozen.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    try:
+        while len(frozen) < len(names):
+            if proc.poll() is not None or time.time() > deadline:
+                thaw()
+                proc.kill()
+                raise AssertionError(f"sweep.py ended or timed out before {names} trained (frozen: {frozen}):\n"
+                                     + proc.communicate(timeout=60)[0])
+            for name in names:
+                if name not in frozen and len(metrics_lines(sweep_dir / name)) > max(1, rows_before[name]):
+                    # the pid file is written before train.py starts
+                    frozen[name] = int((sweep_dir / 'logs' / f'{name}.pid').read_text())
+                    os.kill(frozen[name], signal.SIGSTOP)
+                    assert runs.read_run(sweep_dir / name)['status'] == 'running', name  # not at its end yet
+            time.sleep(0.01)
+        yield frozen
+    finally:
+        thaw()
+
+
+def wait_until_pending(pids, signum, deadline):
+    """Until signum waits for each of these stopped processes."""
+    while not all(signal_pending(pid, signum) for pid in pids):
+        assert time.time() < deadline, f"{signal.Signals(signum).name} never reached {pids}"
+        time.sleep(0.01)
+
+
+def alive(pid):
+    """True while the process runs (a zombie has ended)."""
+    try:
+        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope='module')
-def stopped_sweep(small_data, tmp_path_factory):
+def stopped_sweep(bpe_data, tmp_path_factory):
+    """What stop_and_continue (below) left. Under pytest-xdist one worker runs it and the others that get some
+    of these tests wait for it and read what it recorded, rather than run it a second time beside it."""
+    result = once_per_session(tmp_path_factory, 'stopped_sweep',
+                              lambda: stop_and_continue(bpe_data, tmp_path_factory.mktemp('sweep')))
+    return dict(result, dir=Path(result['dir']))
+
+
+def stop_and_continue(bpe_data, tmp):
     """2 variants x 2 seeds, 2 runs at once, as a user runs it: sweep.py in its own process, Ctrl-C once
-    the second pair is training, then the same command again (in this process)."""
-    tmp = tmp_path_factory.mktemp('sweep')
-    argv = [str(write_sweep(tmp, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={small_data}',
+    the second pair is training; the same command again, killed (kill -9) once that pair trains again;
+    then the same command once more (in this process), to the end. Returns what the tests check (JSON: a
+    worker may hand it to another)."""
+    argv = [str(write_sweep(tmp, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={bpe_data}',
             f'--out_dir={tmp / "out"}', *TINY, '--parallel', '2', '--no_report']
-    sweep_dir = tmp / 'out' / 'tiny'
-    proc = subprocess.Popen([sys.executable, 'sweep.py', *argv], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **CPU_MALLOC_ENV))
-    metrics = sweep_dir / 'gqa_s1' / 'metrics.csv'
+    sweep_dir, second_pair = tmp / 'out' / 'tiny', ('gqa_s1', 'gqa_s2')
     deadline = time.time() + 300
-    # a metrics row: gqa_s1 is in its training loop, where Ctrl-C saves a checkpoint
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 1):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    first_out = proc.communicate(timeout=300)[0]
+
+    def start():
+        return subprocess.Popen([sys.executable, 'sweep.py', *argv], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **CPU_MALLOC_ENV))
+
+    # the gqa runs start as the baseline runs end; Ctrl-C reaches them (through sweep.py) mid-training
+    proc = start()
+    with frozen_in_training(proc, sweep_dir, second_pair, deadline) as frozen:
+        proc.send_signal(signal.SIGINT)
+        wait_until_pending(frozen.values(), signal.SIGINT, deadline)
+    first_out, first_code = proc.communicate(timeout=300)[0], proc.returncode
     completed = {name: file_hashes(sweep_dir / name) for name in ('baseline_s1', 'baseline_s2')}
-    stopped_status = runs.read_run(sweep_dir / 'gqa_s1')['status']
+    stopped_status = {name: runs.read_run(sweep_dir / name)['status'] for name in second_pair}
+    # the same command resumes them; kill -9 of sweep.py while they train: nothing else tells them to stop
+    proc = start()
+    with frozen_in_training(proc, sweep_dir, second_pair, deadline) as frozen:
+        killed_pids = list(frozen.values())
+        proc.kill()
+        proc.wait()  # not its output yet: the launcher's processes hold the pipe until their train.py ends
+        wait_until_pending(killed_pids, signal.SIGTERM, deadline)
+    while any(alive(pid) for pid in killed_pids) and time.time() < deadline:
+        time.sleep(0.05)
+    left_running = [pid for pid in killed_pids if alive(pid)]
+    killed_out = proc.communicate(timeout=60)[0] if not left_running else ''
+    killed_summary = {name: runs.read_run(sweep_dir / name)['summary'] for name in second_pair}
     code, out = run_main(argv)
-    return dict(dir=sweep_dir, argv=argv, first=(proc.returncode, first_out), second=(code, out),
-                completed=completed, stopped_status=stopped_status)
+    return dict(dir=str(sweep_dir), argv=argv, first=(first_code, first_out), second=(code, out),
+                completed=completed, stopped_status=stopped_status, killed_out=killed_out,
+                left_running=left_running, killed_summary=killed_summary)
 
 
 @pytest.mark.slow
@@ -101,10 +190,11 @@ def test_sweep_runs_stops_and_continues(stopped_sweep):
     assert 'Ctrl-C: stopping 2 running run(s)' in out1 and 'the same command continues' in out1
     first_end = min(out1.index('baseline_s1: completed'), out1.index('baseline_s2: completed'))
     assert out1.index('started baseline_s2: from scratch') < first_end  # 2 at once
-    assert stopped_sweep['stopped_status'] == 'interrupted'  # a checkpoint saved by train.py
+    # a checkpoint saved by train.py
+    assert stopped_sweep['stopped_status'] == dict(gqa_s1='interrupted', gqa_s2='interrupted'), out1
     assert code2 == 0, out2
-    assert 'gqa_s1: resuming from iteration' in out2
-    assert 'started baseline' not in out2  # completed: not started again
+    assert 'gqa_s1: resuming from iteration' in out2 and 'gqa_s2: resuming from iteration' in out2
+    assert 'started baseline' not in stopped_sweep['killed_out'] + out2  # completed: not started again
     for name in ('baseline_s1', 'baseline_s2', 'gqa_s1', 'gqa_s2'):
         run = runs.read_run(sweep_dir / name)
         assert run['status'] == 'completed' and run['summary']['iters'] == 30
@@ -121,9 +211,9 @@ def test_sweep_runs_stops_and_continues(stopped_sweep):
     assert re.search(r'train\.py \S*config/smoke\.py --', command) and ' --n_layer=1 ' in command
     assert '--model_name=gqa --seed=2' in command
     assert f"--out_dir={sweep_dir} --run_name=gqa_s2" in command
-    log = (sweep_dir / 'sweep.log').read_text()  # both commands' events and final tables
-    assert log.count('started gqa_s1') == 2 and re.search(r'^gqa_s2 +completed +30/30 ', log, re.M)
-    assert (sweep_dir / 'logs' / 'gqa_s1.log').read_text().count('=== ') == 2  # two attempts, one console log
+    log = (sweep_dir / 'sweep.log').read_text()  # the three commands' events and final tables
+    assert log.count('started gqa_s1') == 3 and re.search(r'^gqa_s2 +completed +30/30 ', log, re.M)
+    assert (sweep_dir / 'logs' / 'gqa_s1.log').read_text().count('=== ') == 3  # 3 attempts, one console log
 
 
 @pytest.mark.slow
@@ -159,22 +249,54 @@ def test_rerun_plans_skip_extend_diverged_stale_and_refuses_changed_settings(sto
     assert 'learning_rate (run 0.003, sweep 0.01)' in message and '(and 3 more run(s))' in message
 
 
+def report_in_this_process(monkeypatch):
+    """The report's commands (sweep.make_report: python compare.py ..., python eval_harness.py ...) run by
+    those scripts' main() in this process, as given (torch, scipy and matplotlib are imported once, not
+    once per command), except that eval_harness.py takes its length probe only (its others cost ~10 s of
+    CPU here; tests/test_eval_harness.py runs them all). Returns the list of commands, filled as they run."""
+    import compare
+    import eval_harness
+    real_run, commands = subprocess.run, []
+
+    def run(cmd, *args, **kwargs):
+        script = Path(cmd[1]).resolve() if len(cmd) > 1 and cmd[0] == sys.executable else None
+        if script not in (REPO / 'compare.py', REPO / 'eval_harness.py'):
+            return real_run(cmd, *args, **kwargs)
+        commands.append(cmd)
+        module = compare if script.name == 'compare.py' else eval_harness
+        argv = cmd[2:] + (['--probes', 'length'] if module is eval_harness else [])
+        try:
+            code = module.main(argv) or 0
+        except SystemExit as e:  # a one-line error, as the script would exit with it
+            print(e.code, file=sys.stderr)
+            code = e.code if isinstance(e.code, int) else 1
+        return subprocess.CompletedProcess(cmd, code)
+
+    monkeypatch.setattr(sweep.subprocess, 'run', run)
+    return commands
+
+
 @pytest.mark.slow
-def test_tuned_table_picks_each_variants_best_learning_rate(stopped_sweep, small_data, tmp_path):
+def test_tuned_table_picks_each_variants_best_learning_rate(stopped_sweep, bpe_data, tmp_path, monkeypatch):
     # the stopped sweep's seed-1 runs are this sweep's learning_rate=3e-3 runs (the smoke config's); one seed
     # does not vary, so it is not in the run names
-    out_dir = tmp_path / 'out'
+    out_dir, report = tmp_path / 'out', tmp_path / 'report'
     for model_name in ('baseline', 'gqa'):
         link_run(stopped_sweep['dir'] / f'{model_name}_s1', out_dir / 'lr' / f'{model_name}_lr3e-3')
     grid = dict(model_name=['baseline', 'gqa'], learning_rate=[3e-3, 1e-2], seed=[1])
-    argv = [str(write_sweep(tmp_path, 'lr', grid)), f'--data_dir={small_data}', f'--out_dir={out_dir}', *TINY,
-            '--parallel', '2', '--report_dir', str(tmp_path / 'report')]
+    argv = [str(write_sweep(tmp_path, 'lr', grid)), f'--data_dir={bpe_data}', f'--out_dir={out_dir}', *TINY,
+            '--parallel', '2', '--report_dir', str(report)]
+    commands = report_in_this_process(monkeypatch)
     code, out = run_main(argv)
     assert code == 0, out
     assert out.count('started ') == 2 and 'started baseline_lr1e-2' in out and 'started gqa_lr1e-2' in out
-    assert f"report: {tmp_path / 'report' / 'report.html'}" in out.splitlines()
-    assert (tmp_path / 'report' / 'report.html').is_file()
-    assert any((tmp_path / 'report' / 'eval_harness').iterdir())
+    # compare.py with the tuned table, then eval_harness.py, on the sweep's runs, into the report folder
+    assert [c[2:] for c in commands] == [
+        [str(out_dir / 'lr'), '--report_dir', str(report), '--tune', 'learning_rate'],
+        ['--runs_dir', str(out_dir / 'lr'), '--report_dir', str(report / 'eval_harness')]]
+    assert f"report: {report / 'report.html'}" in out.splitlines()
+    assert (report / 'report.html').is_file()
+    assert any((report / 'eval_harness').iterdir())
     # by hand: each variant's learning rate with the lower final val loss
     best = {}
     for model_name in ('baseline', 'gqa'):
@@ -182,7 +304,7 @@ def test_tuned_table_picks_each_variants_best_learning_rate(stopped_sweep, small
                   for lr in ('3e-3', '1e-2')}
         assert all(math.isfinite(v) for v in losses.values())
         best[model_name] = float(min(losses, key=losses.get))
-    with open(tmp_path / 'report' / 'tuned.csv') as f:
+    with open(report / 'tuned.csv') as f:
         rows = list(csv.DictReader(f))
     assert sorted(r['variant'] for r in rows) == ['baseline', 'gqa']
     for row in rows:
@@ -203,52 +325,33 @@ def stand_in_slurm(folder, monkeypatch, sbatch='echo "Submitted batch job 1234"'
     return bin_dir
 
 
-def alive(pid):
-    """True while the process runs (a zombie has ended)."""
-    try:
-        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
-def test_a_killed_sweep_leaves_no_run_training_and_a_rerun_resumes(small_data, tmp_path):
-    """kill -9 of sweep.py while 2 runs train: each train.py saves a checkpoint and stops (nothing trains
-    unwatched beside the next sweep), and the same command resumes both."""
-    argv = [str(write_sweep(tmp_path, 'tiny', dict(seed=[1, 2]))), f'--data_dir={small_data}',
-            f'--out_dir={tmp_path / "out"}', *TINY, '--max_iters=300', '--parallel', '2', '--no_report']
-    sweep_dir = tmp_path / 'out' / 'tiny'
-    proc = subprocess.Popen([sys.executable, 'sweep.py', *argv], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **CPU_MALLOC_ENV))
-    deadline = time.time() + 300
-    pid_files = [sweep_dir / 'logs' / f'{name}.pid' for name in ('s1', 's2')]
-    while not all(p.is_file() for p in pid_files) or not all(
-            len((sweep_dir / n / 'metrics.csv').read_text().splitlines()) > 1 if (sweep_dir / n / 'metrics.csv').is_file()
-            else False for n in ('s1', 's2')):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.02)
-    pids = [int(p.read_text()) for p in pid_files]
-    proc.kill()
-    proc.communicate()
-    while any(alive(pid) for pid in pids):
-        assert time.time() < deadline, f"train.py still running after its sweep was killed: {pids}"
-        time.sleep(0.05)
-    for name in ('s1', 's2'):
-        run = runs.read_run(sweep_dir / name)
-        assert run['status'] == 'interrupted', run['summary']  # saved its checkpoint on the way out
-        assert 'stopped by SIGTERM' in run['summary']['message']
-    code, out = run_main(argv)
-    assert code == 0, out
-    for name in ('s1', 's2'):
+def test_a_killed_sweep_leaves_no_run_training_and_a_rerun_resumes(stopped_sweep):
+    """kill -9 of sweep.py while 2 runs train (the stopped sweep's second command, resuming the gqa runs):
+    each train.py saves a checkpoint and stops (nothing trains unwatched beside the next sweep), and the
+    same command resumes both."""
+    sweep_dir, out = stopped_sweep['dir'], stopped_sweep['killed_out']
+    assert stopped_sweep['left_running'] == [], "train.py still running after its sweep was killed"
+    for name in ('gqa_s1', 'gqa_s2'):
         assert re.search(rf'started {name}: resuming from iteration [1-9]\d* \(interrupted\)', out), out
-        assert runs.read_run(sweep_dir / name)['summary']['iters'] == 300
+        summary = stopped_sweep['killed_summary'][name]
+        assert summary['status'] == 'interrupted', summary  # saved its checkpoint on the way out
+        assert 'stopped by SIGTERM' in summary['message']
+    code, out = stopped_sweep['second']
+    assert code == 0, out
+    for name in ('gqa_s1', 'gqa_s2'):
+        assert re.search(rf'started {name}: resuming from iteration [1-9]\d* \(interrupted\)', out), out
+        run = runs.read_run(sweep_dir / name)
+        assert run['summary']['iters'] == 30
+        first, second = run['config']['resumed_at']  # from the Ctrl-C's checkpoint, then from the kill's
+        assert 0 < first < second, run['config']['resumed_at']
 
 
-def test_slurm_job_array_with_a_stand_in_sbatch(small_data, tmp_path, monkeypatch):
+def test_slurm_job_array_with_a_stand_in_sbatch(bpe_data, tmp_path, monkeypatch):
     """No cluster here: a stand-in sbatch records the script it is given and answers a job id."""
     bin_dir = stand_in_slurm(tmp_path, monkeypatch)
     out_dir = tmp_path / 'out'
-    argv = [str(write_sweep(tmp_path, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={small_data}',
+    argv = [str(write_sweep(tmp_path, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={bpe_data}',
             f'--out_dir={out_dir}', *TINY, '--gradient_accumulation_steps=2', '--launcher', 'slurm',
             '--partition', 'gpu',            '--gpus_per_run', '2', '--time_min', '30', '--account', 'acme']
     code, out = run_main(argv)
@@ -291,7 +394,7 @@ def test_slurm_job_array_with_a_stand_in_sbatch(small_data, tmp_path, monkeypatc
     assert json.loads((out_dir / 'tiny' / 'sweep.json').read_text())['slurm_tasks'] == record['slurm_tasks']
 
 
-def test_slurm_cpu_runs_and_submit_errors_with_a_stand_in_sbatch(small_data, tmp_path, monkeypatch, capsys):
+def test_slurm_cpu_runs_and_submit_errors_with_a_stand_in_sbatch(bpe_data, tmp_path, monkeypatch, capsys):
     """A CPU partition (sinfo lists no GPU): no GPU asked for, the cores and memory given; a refused sbatch
     is one line with its reason, and no run is recorded as submitted."""
     refusal = 'sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified'
@@ -299,7 +402,7 @@ def test_slurm_cpu_runs_and_submit_errors_with_a_stand_in_sbatch(small_data, tmp
     out_dir = tmp_path / 'out'
     slurm = ['--launcher', 'slurm', '--partition', 'cpu', '--cpus_per_run', '3', '--mem_gb', '2.5', '--account',
              'nobody', '--parallel', '2']
-    argv = [str(write_sweep(tmp_path, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={small_data}', f'--out_dir={out_dir}',
+    argv = [str(write_sweep(tmp_path, 'tiny', VARIANTS_X_SEEDS)), f'--data_dir={bpe_data}', f'--out_dir={out_dir}',
             *TINY, *slurm]
     code, out = run_main(argv + ['--time_min', '10', '--dry_run'])
     assert out.splitlines()[0] == ("# slurm: partition cpu, 4 task(s), 2 at once, 10 min each (warned 120 s before, "
