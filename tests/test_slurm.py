@@ -39,7 +39,7 @@ TINY = ['--n_layer=1', '--n_embd=32', '--n_head=4', '--block_size=32', '--batch_
 ITERS = 100  # each run of the 4-run sweep, and the reference
 COMPARED = ('iter', 'train_loss', 'val_loss', 'val_bpb')  # what an interrupted run must reproduce exactly
 STOP_AT = 10  # iterations logged when a run is requeued (baseline_s1) or held (the time-limited run)
-DEADLINE_ITERS = 100  # the time-limited run
+DEADLINE_ITERS = 200  # the time-limited run: held at STOP_AT, however late the admin looks
 DEADLINE_TIME_MIN = 3  # warned 90 s before the limit (+ up to 30 s: slurmctld's look), so not before 60 s in
 SHORTENED_TIME_MIN = 2  # its end 120 s after its start: within the 90 s + 30 s before it, at once
 WARNING_WAIT_S = 120   # slurmctld looks every 30 s: a warning later than this is a failure
@@ -159,7 +159,10 @@ class Admin(threading.Thread):
             scontrol('requeue', self.requeued)
             say(f"four: baseline_s1 requeued ({self.requeued})")
         if self.held is None and logged_iter(self.deadline_dir / 'baseline') >= STOP_AT:
-            pid = int((self.deadline_dir / 'logs' / 'baseline.pid').read_text())
+            try:
+                pid = int((self.deadline_dir / 'logs' / 'baseline.pid').read_text())
+            except (OSError, ValueError):
+                return  # between its start and its pid file: the next look
             os.kill(pid, signal.SIGSTOP)
             self.held, self.held_at = pid, time.time()
             self.shortened_job = slurm_tasks(self.deadline_dir)['baseline']
@@ -247,13 +250,13 @@ def scenario(bpe_data, tmp):
     try:
         submitted = run_script('sweep.py', *deadline_argv, env=env, check=True)  # first: it gets a CPU at once
         say("deadline submitted")
+        admin.start()  # now: under load the run can be past STOP_AT before the next sweep is even submitted
         procs.append(start('four', *four_argv))
         four = procs[-1]
         wait(lambda: slurm_tasks(four_dir) or four.poll() is not None, "the 4-run sweep's submission")
         say("four submitted")  # its start had the cores to itself
         procs += [start('follow', *deadline_argv, '--wait'), start('bad', *bad_argv, merged=False)]
         follow, bad = procs[1:]
-        admin.start()
         import torch
         threads, cpu0 = torch.get_num_threads(), time.process_time()
         try:  # the uninterrupted run that the requeued one must match

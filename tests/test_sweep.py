@@ -448,6 +448,39 @@ def test_a_requeued_job_stops_train_py_and_resumes(tmp_path):
     assert job.command() == [sys.executable, '-c', child, '--overwrite=True']
 
 
+def test_the_warning_handler_returns_once_train_py_has_stopped(tmp_path):
+    """submitit calls checkpoint() from its SIGUSR2 handler, in the thread that waits in job()'s
+    Popen.wait(): the handler must return as soon as train.py has saved and ended, not after the whole
+    checkpoint_wait_s (Popen.wait(timeout) there waits for a lock the interrupted wait() holds)."""
+    child = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+             "print('training', flush=True); time.sleep(60)")
+    job = sweep.TrainJob('r', str(tmp_path / 'run'), [sys.executable, '-c', child], ['resume-command'],
+                         str(tmp_path / 'logs'), str(tmp_path), {}, restart=True)
+    job.checkpoint_wait_s = 30
+    handled = {}
+
+    def on_warning(signum, frame):
+        started = time.monotonic()
+        handled['requeued'] = job.checkpoint()
+        handled['seconds'] = time.monotonic() - started
+
+    log = tmp_path / 'logs' / 'r.log'
+
+    def warn_once_training():
+        while 'training' not in (log.read_text().splitlines() if log.is_file() else []):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR2)  # as SLURM warns the job's process
+
+    previous = signal.signal(signal.SIGUSR2, on_warning)
+    try:
+        threading.Thread(target=warn_once_training, daemon=True).start()
+        code = job()  # its Popen.wait() is where the handler runs
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert code == 143 and isinstance(handled['requeued'], sweep.submitit.helpers.DelayedSubmission)
+    assert handled['seconds'] < 10, handled  # train.py ended within a second; the whole wait would be 30 s
+
+
 def test_each_local_slot_gets_its_own_gpus(tmp_path, monkeypatch):
     """--parallel 2 on a machine with GPUs 3 and 5 (CUDA numbering): each run sees only its slot's GPU."""
     monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '3,5')
