@@ -49,9 +49,9 @@ from pathlib import Path
 import numpy as np
 
 import stats
-from runs import (EXPECTED_TO_DIFFER, METRIC, METRICS, SEED_GROUP_IGNORED_KEYS, STATUSES, RunError, _short,
-                  add_run_args, atomic_write_bytes, atomic_write_text, find_runs, read_json, read_layer_norms,
-                  read_run, resolve_checkpoint, seed_groups)
+from runs import (EXPECTED_TO_DIFFER, METRIC, METRICS, SEED_GROUP_IGNORED_KEYS, SIZE_KEYS, STATUSES, RunError,
+                  _short, add_run_args, atomic_write_bytes, atomic_write_text, baselines_by_size, find_runs,
+                  read_json, read_layer_norms, read_run, resolve_checkpoint, seed_groups, size_label, size_of)
 
 X_AXES = {'iter': 'iter', 'tokens': 'tokens_seen', 'time': 'elapsed_s'}  # --x: the metrics column on x
 JUDGED = ['val_loss', 'val_bpb']  # what --metric may judge on
@@ -65,7 +65,7 @@ STORY_TOKENS, STORY_TEMPERATURE, STORY_TOP_K, STORY_SEED = 120, 0.8, 200, 1
 RUN_COLUMNS = ['run', 'model_name', 'group', 'seed', 'status', 'tokenizer', 'n_params', 'iters',
                'tokens_seen', 'final_val_loss', 'final_val_bpb', 'final_val_tokens', 'best_val_loss',
                'best_val_iter', 'final_train_loss', 'wall_time_s', 'train_time_s', 'tokens_per_s', 'mfu']
-STAT_COLUMNS = ['metric', 'at_tokens', 'diff_vs_baseline', 'ci95_low', 'ci95_high', 'df', 'method', 'p_value',
+STAT_COLUMNS = ['metric', 'compared_with', 'at_tokens', 'diff_vs_baseline', 'ci95_low', 'ci95_high', 'df', 'method', 'p_value',
                 'p_holm', 'verdict', 'diverged']
 GROUP_COLUMNS = ['group', 'model_name', 'runs', 'n', 'n_params', 'tokens_per_s', 'mean_final_val_loss', 'std_final_val_loss',
                  'mean_final_val_bpb', 'std_final_val_bpb'] + STAT_COLUMNS + ['notes']
@@ -340,13 +340,31 @@ def group_notes(group, rows):
     return notes
 
 
-def group_table(groups, baseline, rows, metric, min_effect=stats.MIN_EFFECT):
-    """One row per group (baseline first): final values over its replicates, and the difference from the
-    baseline in `metric` at the comparison point with its interval; verdicts Holm-adjusted across all rows."""
+def references(groups, baseline, by_size=None):
+    """(order, reference): the groups, each baseline followed by the groups judged against it, and
+    reference(group): the group it is compared with (None for a baseline, or a ladder size with none).
+    by_size (runs.baselines_by_size): each group against the baseline of its own size; else all against
+    `baseline`."""
+    if not by_size:
+        return [baseline] + [g for g in groups if g is not baseline], lambda g: None if g is baseline else baseline
+    bases = [baseline] + [b for b in by_size.values() if b is not baseline]
+    is_base = {id(b) for b in bases}
+    order = []
+    for b in bases:
+        order += [b] + [g for g in groups if id(g) not in is_base and size_of(g) == size_of(b)]
+    order += [g for g in groups if all(g is not o for o in order)]  # sizes without a baseline
+    return order, lambda g: None if id(g) in is_base else by_size.get(size_of(g))
+
+
+def group_table(groups, baseline, rows, metric, min_effect=stats.MIN_EFFECT, by_size=None):
+    """One row per group (each baseline first, then the groups judged against it): final values over its
+    replicates, and the difference from its baseline in `metric` at the comparison point with its interval;
+    verdicts Holm-adjusted across all rows. by_size: a ladder's baseline per size (runs.baselines_by_size)."""
     table, results = [], []
-    base_diverged = divergence(baseline)
-    for group in [baseline] + [g for g in groups if g is not baseline]:
-        result = compare_groups(group, baseline, metric, min_effect) if group is not baseline else None
+    order, reference = references(groups, baseline, by_size)
+    for group in order:
+        ref = reference(group)
+        result = compare_groups(group, ref, metric, min_effect) if ref is not None else None
         notes = group_notes(group, rows) + (result['left_out'] if result else [])
         k, n_outcomes = divergence(group)
         kept = replicates(group)[0]
@@ -355,7 +373,7 @@ def group_table(groups, baseline, rows, metric, min_effect=stats.MIN_EFFECT):
                    runs=' '.join(r['name'] for r in group['runs']), metric=metric,
                    n=len(final_values(group, rows, f'final_{metric}')), n_params=rows[kept[0]['name']]['n_params'],
                    tokens_per_s=float(np.mean(speeds)) if speeds else None, diverged=f'{k} of {n_outcomes}',
-                   notes='; '.join(notes))
+                   notes='; '.join(notes), compared_with=ref['label'] if ref is not None else '')
         for column in ('val_loss', 'val_bpb'):
             summary = stats.describe(final_values(group, rows, f'final_{column}'))
             row[f'mean_final_{column}'], row[f'std_final_{column}'] = summary['mean'], summary['std']
@@ -369,10 +387,17 @@ def group_table(groups, baseline, rows, metric, min_effect=stats.MIN_EFFECT):
         results.append(result if result.get('diff') is not None else None)
     for row, p in zip(table, stats.holm([row['p_value'] for row in table])):
         row['p_holm'] = p
-    table[0]['verdict'] = 'baseline'
-    for row, result, group in zip(table[1:], results[1:], [g for g in groups if g is not baseline]):
+    for row, result, group in zip(table, results, order):
+        ref = reference(group)
+        row['is_baseline'] = ref is None and (not by_size or size_of(group) in by_size)
+        if row['is_baseline']:
+            row['verdict'] = f"baseline at {size_label(group['runs'][0]['config'])}" if by_size else 'baseline'
+            continue
+        if ref is None:
+            row['verdict'] = f"no baseline group at {size_label(group['runs'][0]['config'])}"
+            continue
         row['verdict'] = stats.verdict(result, row['p_holm'], metric, min_effect, divergence(group),
-                                       base_diverged)
+                                       divergence(ref))
         if row['at_tokens'] is not None and result is not None:
             row['verdict'] += f" at {row['at_tokens']:,} tokens"
     return table
@@ -406,11 +431,12 @@ def split_seeds(loaded, tune_seeds, report_seeds):
 
 
 def tuned_table(loaded, groups, baseline, rows, metric, keys, tune_seeds=None, report_seeds=None,
-                min_effect=stats.MIN_EFFECT):
+                min_effect=stats.MIN_EFFECT, per_size=True):
     """Each variant (runs alike but for the tuned keys and the seed) at its own best value of the keys:
     the seed group with the lowest mean final metric over tune_seeds, compared with the baseline variant at
-    its own best on report_seeds (None: all seeds). Returns (table, variants): variants = [(label,
-    [(value, group), ...], best group)]."""
+    its own best on report_seeds (None: all seeds); per_size: on a ladder, the baseline variant of each
+    size (runs.baselines_by_size). Returns (table, variants): variants = [(label, [(value, group), ...],
+    best group)]."""
     for key in keys:
         if key in SEED_GROUP_IGNORED_KEYS:
             fail(f"--tune {key}: {key} does not split seed groups ({SEED_GROUP_IGNORED_KEYS[key]}); "
@@ -430,8 +456,11 @@ def tuned_table(loaded, groups, baseline, rows, metric, keys, tune_seeds=None, r
     base = next(i for i, (_, members, _) in enumerate(variants) if any(g is baseline for _, g in members))
     variants.insert(0, variants.pop(base))
     reported = [with_seeds(best, report_seeds) for _, _, best in variants]
-    table = group_table(reported, reported[0], rows, metric, min_effect)
-    for row, (name, members, best) in zip(table, variants):
+    by_size = baselines_by_size(reported, reported[0]) if per_size else None
+    table = group_table(reported, reported[0], rows, metric, min_effect, by_size)
+    row_of = {row['group']: row for row in table}
+    for group, (name, members, best) in zip(reported, variants):
+        row = row_of[group['label']]
         tried = [v for v, _ in members]
         edge = len(tried) > 2 and best in (members[0][1], members[-1][1])
         notes = ['best at the edge of the values tried: the optimum may lie beyond'] if edge else []
@@ -446,12 +475,18 @@ def _sort_key(v):
     return (0, v, '') if isinstance(v, (int, float)) else (1, 0, _short(v))
 
 
-def token_warnings(rows):
-    """Final values at unequal training mix architecture and amount of training: say so."""
-    measured = {n: row['final_val_tokens'] for n, row in rows.items()
-                if row['status'] != 'diverged' and row['final_val_tokens'] is not None}
+def token_warnings(rows, size_by_run=None):
+    """Final values at unequal training mix architecture and amount of training: say so. size_by_run (a
+    ladder: run name -> its size): the token budget differs between sizes by design, so only the runs of
+    one size are held to one count."""
+    blocks = {}
+    for n, row in rows.items():
+        if row['status'] != 'diverged' and row['final_val_tokens'] is not None:
+            blocks.setdefault(size_by_run[n] if size_by_run else None, {})[n] = row['final_val_tokens']
     warnings = []
-    if len(set(measured.values())) > 1:
+    for measured in blocks.values():
+        if len(set(measured.values())) < 2:
+            continue
         per_run = ', '.join(f'{n} {tokens:,}' for n, tokens in measured.items())
         warnings.append(f'final values were measured after different numbers of tokens ({per_run}): '
                         'the final-value columns mix architecture and amount of training; the verdicts '
@@ -616,13 +651,15 @@ def difference_curves(group, baseline, metric):
     return dict(grid=grid, results=results, per_seed=per_seed, verdict=result)
 
 
-def difference_figure(groups, baseline, metric, colors):
-    """difference_curves per group: the difference (thick), its 95% interval (band), each seed's
-    difference where paired (thin), and the verdict's own point and interval (a diamond with error bar)."""
+def difference_figure(groups, baseline, metric, colors, by_size=None):
+    """difference_curves per group against its baseline (by_size: a ladder's, of its own size): the
+    difference (thick), its 95% interval (band), each seed's difference where paired (thin), and the
+    verdict's own point and interval (a diamond with error bar)."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    _, reference = references(groups, baseline, by_size)
     for g in groups:
-        d = difference_curves(g, baseline, metric) if g is not baseline else None
+        d = difference_curves(g, reference(g), metric) if reference(g) is not None else None
         if d is None:
             continue
         color, grid, verdict_result = colors[g['label']], d['grid'], d['verdict']
@@ -639,7 +676,8 @@ def difference_figure(groups, baseline, metric, colors):
                         yerr=[[diff - verdict_result['low']], [verdict_result['high'] - diff]])
     ax.axhline(0.0, color='black', lw=0.9)
     ax.set(xlabel=label('tokens_seen'), ylabel=f'difference in {label(metric)}',
-           title=f"{metric} minus baseline ({baseline['label']}), below 0 = better")
+           title=f"{metric} minus " + ("the baseline of its size" if by_size else f"baseline ({baseline['label']})")
+           + ", below 0 = better")
     return _finish(fig, [ax])
 
 
@@ -755,7 +793,7 @@ def tuned_figure(variants, keys, metric, rows, colors):
     return _finish(fig, [ax])
 
 
-def make_plots(loaded, groups, baseline, rows, metric, x, tuned=None, speed_caveat=None):
+def make_plots(loaded, groups, baseline, rows, metric, x, tuned=None, speed_caveat=None, by_size=None):
     """[(file name, heading, png bytes)]: the loss panels, the zoom, the difference from the baseline,
     with --tune the tuned plot, a figure per other METRICS panel that has data, the per-layer norms."""
     import matplotlib
@@ -789,7 +827,7 @@ def make_plots(loaded, groups, baseline, rows, metric, x, tuned=None, speed_cave
                       f"it: at each token count the runs that entered the verdict, paired by seed where the "
                       f"table pairs them (thin: each seed's difference), else Welch; band: the "
                       f"{stats.CONFIDENCE:.0%} interval; diamond: the verdict's point and interval",
-                      difference_figure(groups, baseline, metric, group_colors)))
+                      difference_figure(groups, baseline, metric, group_colors, by_size)))
     if tuned:
         variants, keys = tuned
         plots.append(('tuned.png', f"Final {metric} of each variant against {', '.join(keys)}: seeds as "
@@ -865,8 +903,6 @@ def stories_html(stories):
 # -----------------------------------------------------------------------------
 # scaling: final loss against training compute across model sizes (the math: stats.scaling_analysis)
 
-SIZE_KEYS = ('n_layer', 'n_embd', 'n_head', 'max_iters', 'batch_size', 'block_size',
-             'gradient_accumulation_steps')  # a ladder's size: settings every variant at that size shares
 SCALING_COLUMNS = ['variant', 'size', 'train_flops', 'final', 'baseline_final', 'compute_multiplier',
                    'multiplier_low95', 'multiplier_high95', 'multiplier_verdict', 'notes']
 FIT_COLUMNS = ['variant', 'sizes', 'E', 'E_ci95', 'A', 'alpha', 'alpha_ci95', 'r2', 'trend_per_10x',
@@ -892,14 +928,6 @@ def train_flops(run, row):
     per_token = number(run['config'].get('flops_per_token'))
     tokens = row['final_val_tokens']
     return per_token * tokens if per_token is not None and tokens is not None else None
-
-
-def size_label(config):
-    """'4x128, 0.5M tok': layers x width and the token budget: the same for every variant at one size."""
-    per_iter = number(config.get('tokens_per_iter')) or (config.get('batch_size', 0) * config.get('block_size', 0)
-                                                         * config.get('gradient_accumulation_steps', 1))
-    tokens = per_iter * config.get('max_iters', 0)
-    return f"{config.get('n_layer')}x{config.get('n_embd')}, {tokens / 1e6:.3g}M tok"
 
 
 def scaling_cells(groups, rows, metric):
@@ -1084,7 +1112,8 @@ def lr_figure(lr_rows, metric):
 HOW_TO_READ = (
     "Runs whose config.json differs only in the seed (and bookkeeping keys: runs.SEED_GROUP_IGNORED_KEYS) "
     "form a seed group; a rerun or copy of the same settings and seed counts once (notes). "
-    "diff_vs_baseline is the group's judged metric minus the baseline group's at at_tokens: the most tokens "
+    "diff_vs_baseline is the group's judged metric minus the baseline group's (compared_with; on a ladder, the "
+    "baseline of the group's own size) at at_tokens: the most tokens "
     "at which every completed run of both groups was evaluated (negative: lower than the baseline). "
     "Unfinished runs never move that point; those that did not reach it are left out and named in notes; n "
     f"is the number of the group's runs that entered the test. method says how its {stats.CONFIDENCE:.0%} "
@@ -1125,25 +1154,32 @@ BOARD_HEADERS = ['#', 'group', 'n', 'params', 'diff [95% interval]', 'p (Holm)',
 
 
 def leaderboard(table):
-    """The group table ranked by the difference from the baseline (lowest first, the baseline at 0);
-    groups without a difference last, in their order."""
+    """The group table ranked by the difference from its baseline (lowest first, the baseline at 0), within
+    each baseline's block (a ladder: one per size); groups without a difference last in their block.
+    [(rank in the block, row)]."""
+    blocks = {}
+    for row in table:  # table order: each baseline, then the groups judged against it
+        blocks.setdefault(row['group'] if row['is_baseline'] else row['compared_with'], len(blocks))
+    block = lambda row: blocks[row['group'] if row['is_baseline'] else row['compared_with']]
+
     def key(row):
-        if row is table[0]:
-            return (0, 0.0)
+        if row['is_baseline']:
+            return (block(row), 0, 0.0)
         diff = row['diff_vs_baseline']
-        return (1, 0.0) if diff is None else (0, diff)
-    return sorted(table, key=key)
+        return (block(row), 1, 0.0) if diff is None else (block(row), 0, diff)
+    ranked = sorted(table, key=key)
+    return [(sum(block(r) == block(row) for r in ranked[:i + 1]), row) for i, row in enumerate(ranked)]
 
 
 def leaderboard_html(table, baseline_label, metric, speed_caveat):
     """The answer first: one line per seed group, ranked by its difference from the baseline."""
     e = html.escape
-    points = {row['at_tokens'] for row in table[1:] if row['at_tokens'] is not None}
+    points = {row['at_tokens'] for row in table if not row['is_baseline'] and row['at_tokens'] is not None}
     at = f' at {next(iter(points)):,} tokens' if len(points) == 1 else ' at each row\'s at_tokens (full table)'
     lines = []
-    for rank, row in enumerate(leaderboard(table), start=1):
+    for rank, row in leaderboard(table):
         diff, low, high = row['diff_vs_baseline'], row['ci95_low'], row['ci95_high']
-        if row is table[0]:
+        if row['is_baseline']:
             shown = '0 (baseline)'
         elif diff is None:
             shown = ''
@@ -1162,7 +1198,7 @@ def leaderboard_html(table, baseline_label, metric, speed_caveat):
                  (_human('p_holm', row['p_holm']), 'num'), (verdict, tone), (row['diverged'], 'num'),
                  (_human('tokens_per_s', row['tokens_per_s']), 'num')]
         tds = ''.join(f'<td class="{c}">{e(v)}</td>' for v, c in cells)
-        lines.append(f'<tr class="base">{tds}</tr>' if row is table[0] else f'<tr>{tds}</tr>')
+        lines.append(f'<tr class="base">{tds}</tr>' if row['is_baseline'] else f'<tr>{tds}</tr>')
     head = ''.join(f'<th>{e(h)}{"*" if h == "tokens/s" and speed_caveat else ""}</th>' for h in BOARD_HEADERS)
     caveat = f'<p class="lead warn">* {e(speed_caveat)}</p>' if speed_caveat else ''
     return (f'<p class="lead">Each seed group against the baseline <b>{e(baseline_label)}</b> in {e(metric)}{at}, '
@@ -1269,7 +1305,8 @@ def parse_args(argv):
     ap.add_argument('--report_dir', default='comparisons', help='folder of the report (default: comparisons)')
     ap.add_argument('--x', choices=list(X_AXES), default='iter', help='x axis of the curves (default: iter)')
     ap.add_argument('--baseline', metavar='NAME_OR_GLOB',
-                    help="run name, glob or label of the baseline group (default: model_name 'baseline')")
+                    help="run name, glob or label of the baseline group (default: model_name 'baseline'; on a "
+                         "ladder, its group at each size)")
     ap.add_argument('--metric', default='val_loss', help=f"judge on {' or '.join(JUDGED)} (default val_loss)")
     ap.add_argument('--tune', nargs='+', metavar='KEY', default=None,
                     help='also compare each variant at its own best value of these keys, e.g. learning_rate')
@@ -1345,15 +1382,23 @@ def main(argv=None):
     if args.tune:
         tune_seeds, report_seeds, how = split_seeds(loaded, args.tune_seeds, args.report_seeds)
         tuned, variants = tuned_table(loaded, groups, baseline, rows, metric, args.tune, tune_seeds, report_seeds,
-                                      args.min_effect)
+                                      args.min_effect, per_size=not args.baseline)
         notes.append(f'--tune: {how}')
     if tuned and not args.baseline:  # every group is then compared with the baseline at its best value too
         baseline = variants[0][2]
         why = f"the baseline variant ({variants[0][0]}) at its best {', '.join(args.tune)}"
-    table = group_table(groups, baseline, rows, metric, args.min_effect)
+    by_size = None if args.baseline else baselines_by_size(groups, baseline)
+    baseline_label = baseline['label']
+    if by_size:
+        n_sizes = len({size_of(g) for g in groups})
+        baseline_label = f"{baseline['model_name']} at each size"
+        why = (f"a ladder: the groups span {n_sizes} model sizes, so each is compared with the group of model_name "
+               f"'{baseline['model_name']}' at its own size (column compared_with; one baseline for all: --baseline)")
+    table = group_table(groups, baseline, rows, metric, args.min_effect, by_size)
     notes += [f"{r['name']} counted once: same settings and seed as {kept['name']} (a rerun or a copy)"
               for g in groups for r, kept in replicates(g)[1]]
-    warnings = token_warnings(rows) + [f'skipped {s}' for s in skipped]
+    size_by_run = {r['name']: size_of(g) for g in groups for r in g['runs']} if by_size else None
+    warnings = token_warnings(rows, size_by_run) + [f'skipped {s}' for s in skipped]
     scaling = scaling_report(groups, baseline, rows, metric, args.scaling, draw=not args.no_plots)  # None: < 3 sizes
     warnings += scaling['warnings'] if scaling else []
 
@@ -1366,7 +1411,7 @@ def main(argv=None):
     tuned_plot = (variants, args.tune) if tuned else None
     speed_caveat = shared_cpu(loaded)
     plots = [] if args.no_plots else make_plots(loaded, groups, baseline, rows, metric, args.x, tuned_plot,
-                                                 speed_caveat)
+                                                 speed_caveat, by_size)
     plots += scaling['plots'] if scaling else []
     eval_dir = Path(args.eval_dir) if args.eval_dir else report_dir / 'eval_harness'
     eval_html = eval_results_html(eval_dir, report_dir, [r['name'] for r in loaded])
@@ -1375,14 +1420,14 @@ def main(argv=None):
     texts = {'summary_table.csv': to_csv(run_table, RUN_COLUMNS),
              'summary_table.md': '# Runs\n\n' + to_markdown(run_table, RUN_COLUMNS),
              'groups.csv': to_csv(table, GROUP_COLUMNS),
-             'groups.md': groups_markdown(table, baseline['label'], why, warnings, notes)}
+             'groups.md': groups_markdown(table, baseline_label, why, warnings, notes)}
     if tuned:
         texts['tuned.csv'] = to_csv(tuned, TUNED_COLUMNS)
         texts['tuned.md'] = (f"# Tuned: {', '.join(args.tune)}\n\n{HOW_TO_READ_TUNED} {how}.\n\n"
                              + to_markdown(tuned, TUNED_COLUMNS))
     if scaling:
         texts.update(scaling['texts'])
-    texts['report.html'] = report_html(run_table, table, tuned, plots, stories, baseline['label'], why,
+    texts['report.html'] = report_html(run_table, table, tuned, plots, stories, baseline_label, why,
                                        warnings, notes, args.runs_dir, args.x, speed_caveat, eval_html,
                                        scaling['html'] if scaling else '')
     try:
@@ -1393,7 +1438,7 @@ def main(argv=None):
     except OSError as e:
         fail(f'cannot write the report to {report_dir}: {e.strerror or e}')
 
-    print(f"compared {len(loaded)} runs in {len(groups)} seed groups; baseline: {baseline['label']} ({why})")
+    print(f"compared {len(loaded)} runs in {len(groups)} seed groups; baseline: {baseline_label} ({why})")
     for n in notes:
         print(f'compare.py: note: {n}')
     print(to_markdown(table, ['group', 'n', f'mean_final_{metric}', 'diff_vs_baseline', 'ci95_low',

@@ -63,8 +63,8 @@ import stats
 from generate import check_settings
 from model import pick_device
 from prepare import read_stories, sample_files
-from runs import (RunError, add_run_args, atomic_write_bytes, atomic_write_text, find_runs, load_run_model,
-                  parse_step, read_run, resolve_checkpoint, seed_groups)
+from runs import (RunError, add_run_args, atomic_write_bytes, atomic_write_text, baselines_by_size, find_runs,
+                  load_run_model, parse_step, read_run, resolve_checkpoint, seed_groups, size_label, size_of)
 
 DEFAULT_PROMPTS = 'eval/prompts_tinystories.json'
 REQUIRED_KEYS = ('id', 'category', 'difficulty', 'score', 'prompt')
@@ -409,12 +409,17 @@ def pick_baseline(groups, pattern=None):
     return next((g for g in groups if g['model_name'] == 'baseline'), groups[0])
 
 
-def group_statistics(groups, numbers, baseline):
+def group_statistics(groups, numbers, baseline, by_size=None):
     """groups.csv rows: for every number (prompts.accuracy, length.loss_0-1x, ...) and seed group, its
-    mean and std over the group's runs and its difference from the baseline group with the interval,
-    p-value and verdict of stats.py, as compare.py judges val loss. numbers: {run: {number: value}};
-    a seed that appears twice in a group counts once (a rerun is the same replicate). Holm's
-    adjustment runs over the groups of one number, as compare.py's over the groups of its metric."""
+    mean and std over the group's runs and its difference from the baseline group (by_size: on a ladder,
+    runs.baselines_by_size, the baseline of its own size) with the interval, p-value and verdict of
+    stats.py, as compare.py judges val loss. numbers: {run: {number: value}}; a seed that appears twice in
+    a group counts once (a rerun is the same replicate). Holm's adjustment runs over the groups of one
+    number, as compare.py's over the groups of its metric."""
+    bases = list(by_size.values()) if by_size else [baseline]
+    reference = [None if any(g is b for b in bases) else by_size.get(size_of(g)) if by_size else baseline
+                 for g in groups]
+    position = {id(g): i for i, g in enumerate(groups)}
     names = list(dict.fromkeys(k for values in numbers.values() for k in values))
     rows = []
     for name in names:
@@ -426,24 +431,27 @@ def group_statistics(groups, numbers, baseline):
                 if v is not None and math.isfinite(v):
                     values.setdefault(r['config'].get('seed'), v)
             by_seed.append(values)
-        base_values = by_seed[groups.index(baseline)]
-        results = [stats.compare_values(v, base_values) if g is not baseline else None
-                   for g, v in zip(groups, by_seed)]
+        base_values = [by_seed[position[id(ref)]] if ref is not None else None for ref in reference]
+        results = [stats.compare_values(v, b) if b is not None else None for v, b in zip(by_seed, base_values)]
         p_holm = stats.holm([r['p'] if r else None for r in results])
-        for g, values, r, ph in zip(groups, by_seed, results, p_holm):
+        for g, values, r, ph, ref, base in zip(groups, by_seed, results, p_holm, reference, base_values):
             d = stats.describe(values.values())
-            if g is baseline:
-                verdict = 'baseline' if values else 'baseline: no value'
+            at = f" at {size_label(g['runs'][0]['config'])}" if by_size else ''
+            if ref is None and any(g is b for b in bases):
+                verdict = f'baseline{at}' if values else f'baseline{at}: no value'
+            elif ref is None:
+                verdict = f'no baseline group{at}'
             elif not values:
                 verdict = 'no value (see the probe status)'
-            elif not base_values:
+            elif not base:
                 verdict = 'the baseline has no value'
             else:
                 verdict = stats.verdict(r, ph, what=name)
             r = r or {}
             rows.append(dict(number=name, group=g['label'], model_name=g['model_name'],
                              runs=' '.join(x['name'] for x in g['runs'] if x['name'] in numbers), n=d['n'],
-                             mean=d['mean'], std=d['std'], diff_vs_baseline=r.get('diff'), ci95_low=r.get('low'),
+                             mean=d['mean'], std=d['std'], compared_with=ref['label'] if ref is not None else '',
+                             diff_vs_baseline=r.get('diff'), ci95_low=r.get('low'),
                              ci95_high=r.get('high'), method=r.get('method', ''), p_value=r.get('p'),
                              p_holm=ph, verdict=verdict))
     return rows
@@ -488,8 +496,9 @@ def markdown_table(summary, stat_rows, settings):
                      f"{s['prompts']} | {_pct(s['generate_accuracy'])} | {_pct(s['choice_accuracy'])} | "
                      f"{_pct(s['choice_acc_norm'])} |")
     lines += ['', '## Seed groups', '',
-              'Runs that differ only in their seed: the mean over the seeds and the difference from the '
-              'baseline group with its 95% interval and verdict (stats.py, as compare.py).', '',
+              'Runs that differ only in their seed: the mean over the seeds and the difference from their '
+              'baseline group (on a ladder, the baseline of their own size) with its 95% interval and verdict '
+              '(stats.py, as compare.py).', '',
               '| number | group | runs | n | mean | diff vs baseline | 95% interval | verdict |',
               '|---|---|---|---:|---:|---:|---|---|']
     for g in stat_rows:
@@ -592,7 +601,7 @@ def evaluate_checkpoint(run_dir, step, names, data, settings, device):
 SUMMARY_COLUMNS = ['run', 'model_name', 'group', 'step', 'status', 'prompts', 'passed', 'accuracy',
                    'accuracy_stderr', 'weighted_score', 'points', 'max_points', 'generate_accuracy',
                    'choice_accuracy', 'choice_acc_norm']
-GROUP_COLUMNS = ['number', 'group', 'model_name', 'runs', 'n', 'mean', 'std', 'diff_vs_baseline', 'ci95_low',
+GROUP_COLUMNS = ['number', 'group', 'model_name', 'runs', 'n', 'mean', 'std', 'compared_with', 'diff_vs_baseline', 'ci95_low',
                  'ci95_high', 'method', 'p_value', 'p_holm', 'verdict']
 BREAKDOWN_TOTALS = ['prompts', 'passed', 'accuracy', 'points', 'max_points', 'weighted_score']
 PROBE_COLUMNS = ['run', 'model_name', 'group', 'step', 'probe', 'number', 'value', 'probe_status']
@@ -731,7 +740,7 @@ PROBE_NOTES = {
 }
 
 
-def report_html(runs_dir, groups, baseline, probe_rows, stat_rows, story_rows, settings, has_plot):
+def report_html(runs_dir, groups, baseline_label, probe_rows, stat_rows, story_rows, settings, has_plot):
     """report.html: per probe the seed groups' means with differences, intervals and verdicts, the length
     plot, the stories; then every run's probe status and the full statistics table."""
     names = settings['probes']
@@ -739,8 +748,9 @@ def report_html(runs_dir, groups, baseline, probe_rows, stat_rows, story_rows, s
     notes = {k: v.format(longest=max(probe_settings['length_multiples']), **probe_settings)
              for k, v in PROBE_NOTES.items()}
     parts = [f"<h1>Probes: {html.escape(str(runs_dir))}</h1>",
-             f"<p>Baseline: <b>{html.escape(baseline['label'])}</b>. Each cell: the seed group's mean; below it "
-             "the difference from the baseline group with its 95% interval and the verdict (stats.py, the "
+             f"<p>Baseline: <b>{html.escape(baseline_label)}</b>. Each cell: the seed group's mean; below it "
+             "the difference from its baseline group (compared_with; on a ladder, the baseline of its own size) "
+             "with its 95% interval and the verdict (stats.py, the "
              "statistics compare.py uses: paired by seed where the seeds match, else Welch; Holm-adjusted "
              "over the groups of each number). Files: groups.csv (every number), probes.csv (every run).</p>"]
     for name in names:
@@ -915,10 +925,12 @@ def main(argv=None):
     status = {r['name']: r['status'] for r in loaded}
     numbers, probe_rows, position_rows, story_rows, curves, rows = collect(probed, group_of, prompts)
     curves = {g['label']: curves.get(g['label'], []) for g in groups}
-    stat_rows = group_statistics(groups, numbers, baseline)
+    by_size = None if args.baseline else baselines_by_size(groups, baseline)
+    baseline_label = f"{baseline['model_name']} at each size" if by_size else baseline['label']
+    stat_rows = group_statistics(groups, numbers, baseline, by_size)
 
     run_settings = dict(
-        probes=args.probes, baseline=baseline['label'], decoding=decoding, temperature=args.temperature,
+        probes=args.probes, baseline=baseline_label, decoding=decoding, temperature=args.temperature,
         top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         device=device, torch_version=torch.__version__, stories=str(args.stories or sample_files()['val']),
         checkpoint_step=args.checkpoint_step if args.checkpoint_step is not None else 'latest',
@@ -949,7 +961,7 @@ def main(argv=None):
         files['length.png'] = plot
     if story_rows:
         files['generations.csv'] = csv_text(story_rows, STORY_COLUMNS)
-    files['report.html'] = report_html(args.runs_dir, groups, baseline, probe_rows, stat_rows, story_rows,
+    files['report.html'] = report_html(args.runs_dir, groups, baseline_label, probe_rows, stat_rows, story_rows,
                                        run_settings, plot is not None)
     files['settings.json'] = json.dumps(run_settings, indent=2, default=str) + '\n'
     try:

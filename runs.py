@@ -695,7 +695,7 @@ SEED_GROUP_IGNORED_KEYS = {
 EXPECTED_TO_DIFFER = {'seed', 'run_name', 'out_dir', 'started_at', 'config_file', 'data_dir', 'overwrite',
                       'resumed_at', 'init_from', 'tensorboard', 'plots'}
 # Derived from other keys: never the name of a difference in a group label.
-DERIVED_KEYS = {'n_params', 'n_params_non_embedding', 'tokens_per_iter'}
+DERIVED_KEYS = {'n_params', 'n_params_non_embedding', 'n_params_active', 'flops_per_token', 'tokens_per_iter'}
 
 
 def _flatten(config, prefix=''):
@@ -750,6 +750,44 @@ def seed_groups(loaded):
         if labels.count(group['label']) > 1:  # cannot happen while configs differ; keep labels unique anyway
             group['label'] += f' #{labels[:i + 1].count(group["label"])}'
     return groups
+
+
+SIZE_KEYS = ('n_layer', 'n_embd', 'n_head', 'max_iters', 'batch_size', 'block_size',
+             'gradient_accumulation_steps')  # a ladder's size: settings every variant at that size shares
+
+
+def size_of(group):
+    """The group's size (SIZE_KEYS' values): model shape and token budget."""
+    config = group['runs'][0]['config']
+    return tuple(config.get(k) for k in SIZE_KEYS)
+
+
+def size_label(config):
+    """'4x128, 0.5M tok': layers x width and the token budget: the same for every variant at one size."""
+    per_iter = config.get('tokens_per_iter')
+    if not isinstance(per_iter, (int, float)) or isinstance(per_iter, bool):
+        per_iter = (config.get('batch_size') or 0) * (config.get('block_size') or 0) * \
+            (config.get('gradient_accumulation_steps') or 1)
+    tokens = per_iter * (config.get('max_iters') or 0)
+    return f"{config.get('n_layer')}x{config.get('n_embd')}, {tokens / 1e6:.3g}M tok"
+
+
+def baselines_by_size(groups, baseline):
+    """A ladder's baselines: {size: the group of the baseline's model_name at that size}, where the groups
+    of other model_names span several sizes, so that each is judged against the baseline of its own size (a
+    5x160 variant against a 2x64 baseline measures the size, not the variant). None where one baseline
+    serves all: one size, no other model_name, or the baseline's model_name has several groups at one size
+    (a grid over another setting too: compare.py --tune picks one per size)."""
+    others = {size_of(g) for g in groups if g['model_name'] != baseline['model_name']}
+    if len(others) < 2:
+        return None
+    by_size = {}
+    for g in groups:
+        if g['model_name'] == baseline['model_name']:
+            by_size.setdefault(size_of(g), []).append(g)
+    if any(len(gs) > 1 for gs in by_size.values()):
+        return None
+    return {size: gs[0] for size, gs in by_size.items()}
 
 
 # -----------------------------------------------------------------------------

@@ -179,6 +179,76 @@ def test_compare_finds_the_planted_multiplier_and_learning_rate(smoke_runs, tmp_
     assert '<h2>Scaling' in report['html'] and 'compute_multiplier' in report['html']
 
 
+def test_on_a_ladder_each_group_is_judged_against_the_baseline_of_its_own_size(smoke_runs, tmp_path, capsys):
+    """Planted: 'same' is the baseline at every size (an A/A pair per size), 'better' the baseline at twice
+    the compute. Against one baseline every bigger size would look like a large gain; against its own
+    size's baseline, 'same' differs by 0 and 'better' by exactly the planted amount."""
+    import csv
+    import compare
+    flops = FLOPS[:3]
+    out = planted_ladder(smoke_runs / 'baseline_s1', tmp_path / 'ladder', dict(
+        baseline=baseline_loss, same=baseline_loss, better=lambda c: baseline_loss(2 * c)), flops=flops)
+    compare.main([str(out), '--report_dir', str(tmp_path / 'r'), '--no_samples', '--no_plots'])
+    said = capsys.readouterr().out
+    assert "baseline: baseline at each size (a ladder: the groups span 3 model sizes" in said
+    table = list(csv.DictReader(open(tmp_path / 'r' / 'groups.csv', newline='')))
+    assert [(r['model_name'], r['runs'].split('_')[1]) for r in table] == [
+        (name, f'n{i}') for i in (1, 2, 3) for name in ('baseline', 'better', 'same')]  # each baseline first
+    for i, c in enumerate(flops):
+        base, better, same = table[3 * i:3 * i + 3]
+        assert base['verdict'].startswith(f'baseline at {i + 1}x') and base['compared_with'] == ''
+        assert same['compared_with'] == better['compared_with'] == base['group']
+        assert float(same['diff_vs_baseline']) == pytest.approx(0.0, abs=1e-9)
+        assert same['verdict'].startswith('no difference')
+        planted = baseline_loss(2 * c) - baseline_loss(c)
+        assert float(better['diff_vs_baseline']) == pytest.approx(planted, rel=1e-6)
+    # one baseline for all, when asked: the 'same' groups of the larger sizes then 'gain' the size itself
+    compare.main([str(out), '--report_dir', str(tmp_path / 'one'), '--no_samples', '--no_plots',
+                  '--baseline', 'baseline_n1_*'])
+    one = {r['group']: r for r in csv.DictReader(open(tmp_path / 'one' / 'groups.csv', newline=''))}
+    same3 = next(r for r in one.values() if r['runs'].startswith('same_n3'))
+    assert same3['compared_with'].startswith('baseline') and 'n_layer=1' in same3['compared_with']
+    assert float(same3['diff_vs_baseline']) == pytest.approx(baseline_loss(flops[2]) - baseline_loss(flops[0]))
+
+
+def test_token_budgets_that_differ_between_ladder_sizes_are_no_warning():
+    import compare
+    rows = {name: dict(status='completed', final_val_tokens=tokens)
+            for name, tokens in (('a_n1', 100), ('b_n1', 100), ('a_n2', 200), ('b_n2', 200))}
+    sizes = {name: name[-2:] for name in rows}
+    assert compare.token_warnings(rows, sizes) == []
+    assert 'different numbers of tokens (a_n1 100, b_n1 100, a_n2 200, b_n2 200)' in compare.token_warnings(rows)[0]
+    rows['b_n2']['final_val_tokens'] = 150  # within one size: still said, naming that size's runs only
+    assert [w.split(':')[0] for w in compare.token_warnings(rows, sizes)] == [
+        'final values were measured after different numbers of tokens (a_n2 200, b_n2 150)']
+
+
+def test_eval_harness_judges_each_ladder_size_against_its_own_baseline():
+    import eval_harness
+    from runs import baselines_by_size
+
+    def group(model, size, seeds=(1, 2)):
+        runs = [dict(name=f'{model}_n{size}_s{seed}', config=dict(model_name=model, n_layer=size, seed=seed))
+                for seed in seeds]
+        return dict(runs=runs, model_name=model, label=f'{model} [n_layer={size}]')
+    groups = [group('baseline', 1), group('baseline', 2), group('gpt2', 1), group('gpt2', 2), group('gpt2', 3)]
+    value = {('baseline', 1): 0.30, ('baseline', 2): 0.50, ('gpt2', 1): 0.35, ('gpt2', 2): 0.45, ('gpt2', 3): 0.9}
+    numbers = {r['name']: {'prompts.accuracy': value[g['model_name'], r['config']['n_layer']]
+                           + 0.01 * r['config']['seed'] * (1 + (g['model_name'] == 'gpt2'))}
+               for g in groups for r in g['runs']}
+    by_size = baselines_by_size(groups, groups[0])
+    assert [g['label'] for g in by_size.values()] == ['baseline [n_layer=1]', 'baseline [n_layer=2]']
+    rows = {r['group']: r for r in eval_harness.group_statistics(groups, numbers, groups[0], by_size)}
+    assert rows['gpt2 [n_layer=1]']['compared_with'] == 'baseline [n_layer=1]'
+    assert rows['gpt2 [n_layer=1]']['diff_vs_baseline'] == pytest.approx(0.05 + 0.015)
+    assert rows['gpt2 [n_layer=2]']['diff_vs_baseline'] == pytest.approx(-0.05 + 0.015)
+    assert rows['baseline [n_layer=2]']['verdict'].startswith("baseline at 2x")
+    assert rows['gpt2 [n_layer=3]']['verdict'].startswith('no baseline group at 3x')
+    assert rows['gpt2 [n_layer=3]']['diff_vs_baseline'] is None
+    # one model_name at several sizes (a depth sweep of the baseline): one baseline, as before
+    assert baselines_by_size(groups[:2], groups[0]) is None
+
+
 def test_compare_scaling_says_what_is_missing(smoke_runs, tmp_path, capsys):
     import compare
     out = planted_ladder(smoke_runs / 'baseline_s1', tmp_path / 'ladder', dict(baseline=baseline_loss),
