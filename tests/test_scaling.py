@@ -209,6 +209,19 @@ def test_on_a_ladder_each_group_is_judged_against_the_baseline_of_its_own_size(s
     same3 = next(r for r in one.values() if r['runs'].startswith('same_n3'))
     assert same3['compared_with'].startswith('baseline') and 'n_layer=1' in same3['compared_with']
     assert float(same3['diff_vs_baseline']) == pytest.approx(baseline_loss(flops[2]) - baseline_loss(flops[0]))
+    # a ladder crossed with learning rates: --tune takes each variant and size at its best, against the
+    # baseline's best at that size (the baseline at 3x the learning rate is worse by 0.05 at the first size)
+    tuned = planted_ladder(smoke_runs / 'baseline_s1', tmp_path / 'tuned', dict(
+        baseline=baseline_loss, better=lambda c: baseline_loss(2 * c)), flops=flops[:2],
+        lrs={('baseline', 0): {9e-3: 0.05}})
+    compare.main([str(tuned), '--report_dir', str(tmp_path / 't'), '--no_samples', '--no_plots',
+                  '--tune', 'learning_rate'])
+    rows = list(csv.DictReader(open(tmp_path / 't' / 'tuned.csv', newline='')))
+    better = [r for r in rows if r['model_name'] == 'better']
+    assert [r['compared_with'].split(' [')[0] for r in better] == ['baseline', 'baseline']
+    assert better[0]['compared_with'] != better[1]['compared_with']
+    for r, c in zip(better, flops[:2]):
+        assert float(r['diff_vs_baseline']) == pytest.approx(baseline_loss(2 * c) - baseline_loss(c), rel=1e-6)
 
 
 def test_token_budgets_that_differ_between_ladder_sizes_are_no_warning():
