@@ -36,7 +36,6 @@ stderr and skipped.
 import argparse
 import base64
 import csv
-import fnmatch
 import html
 import io
 import math
@@ -52,6 +51,7 @@ import stats
 from runs import (EXPECTED_TO_DIFFER, METRIC, METRICS, SEED_GROUP_IGNORED_KEYS, SIZE_KEYS, STATUSES, RunError,
                   _short, add_run_args, atomic_write_bytes, atomic_write_text, baselines_by_size, find_runs,
                   read_json, read_layer_norms, read_run, resolve_checkpoint, seed_groups, size_label, size_of)
+from runs import pick_baseline as pick_run_baseline
 
 X_AXES = {'iter': 'iter', 'tokens': 'tokens_seen', 'time': 'elapsed_s'}  # --x: the metrics column on x
 JUDGED = ['val_loss', 'val_bpb']  # what --metric may judge on
@@ -282,23 +282,11 @@ def run_numbers(run):
 
 
 def pick_baseline(groups, pattern):
-    """The baseline group and why it was chosen. pattern (a run name, a glob or a group label) wins;
-    otherwise the one group with model_name 'baseline', otherwise the first group."""
-    if pattern:
-        hits = [g for g in groups if g['label'] == pattern
-                or any(fnmatch.fnmatchcase(r['name'], pattern) for r in g['runs'])]
-        if not hits:
-            names = ', '.join(r['name'] for g in groups for r in g['runs'])
-            fail(f"--baseline {pattern!r} matches no run or group (runs: {names})")
-        if len(hits) > 1:
-            fail(f"--baseline {pattern!r} matches runs in {len(hits)} groups "
-                 f"({'; '.join(g['label'] for g in hits)}): name runs of one group")
-        return hits[0], f'--baseline {pattern}'
-    named = [g for g in groups if g['model_name'] == 'baseline']
-    if len(named) == 1:
-        return named[0], "the only group with model_name 'baseline'"
-    why = "several groups have model_name 'baseline'" if named else "no group has model_name 'baseline'"
-    return groups[0], f'{why}; took the first group (choose with --baseline)'
+    """runs.pick_baseline, its errors said in one line."""
+    try:
+        return pick_run_baseline(groups, pattern)
+    except ValueError as e:
+        fail(e)
 
 
 def judged_metric(groups, metric):

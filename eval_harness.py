@@ -64,7 +64,8 @@ from generate import check_settings
 from model import pick_device
 from prepare import read_stories, sample_files
 from runs import (RunError, add_run_args, atomic_write_bytes, atomic_write_text, baselines_by_size, find_runs,
-                  load_run_model, parse_step, read_run, resolve_checkpoint, seed_groups, size_label, size_of)
+                  load_run_model, parse_step, pick_baseline, read_run, resolve_checkpoint, seed_groups, size_label,
+                  size_of)
 
 DEFAULT_PROMPTS = 'eval/prompts_tinystories.json'
 REQUIRED_KEYS = ('id', 'category', 'difficulty', 'score', 'prompt')
@@ -395,18 +396,6 @@ def summary_rows(rows, run_info):
             choice_accuracy=sum(r['passed'] for r in mc) / len(mc) if mc else math.nan,
             choice_acc_norm=sum(r['passed_norm'] for r in mc) / len(mc) if mc else math.nan))
     return out
-
-
-def pick_baseline(groups, pattern=None):
-    """The group every other is compared with: the one whose label is `pattern` or holds a run of that
-    name (--baseline), else the first with model_name 'baseline', else the first group."""
-    for g in groups:
-        if pattern is not None and (g['label'] == pattern or any(r['name'] == pattern for r in g['runs'])):
-            return g
-    if pattern is not None:
-        raise ValueError(f"--baseline {pattern!r}: no evaluated run or seed group has that name "
-                         f"(groups: {', '.join(g['label'] for g in groups)})")
-    return next((g for g in groups if g['model_name'] == 'baseline'), groups[0])
 
 
 def group_statistics(groups, numbers, baseline, by_size=None):
@@ -825,8 +814,9 @@ def parse_args(argv=None):
                     help="this step's checkpoint, or best (lowest val loss); default: each run's latest")
     ap.add_argument('--probes', type=parse_probes, default=list(PROBES), metavar='NAME,...',
                     help=f"which probes to run (default: all, {','.join(PROBES)})")
-    ap.add_argument('--baseline', default=None, help="the seed group (label or one of its runs) the others are "
-                    "compared with (default: model_name baseline, else the first)")
+    ap.add_argument('--baseline', default=None, help="the seed group (its label, or a run name or glob of its "
+                    "runs) the others are compared with, as in compare.py (default: model_name baseline, on a "
+                    "ladder its group at each size, else the first group)")
     ap.add_argument('--prompts', default=DEFAULT_PROMPTS, help=f'prompt file (default: {DEFAULT_PROMPTS})')
     ap.add_argument('--stories', default=None, help='validation stories for the length and copy probes '
                     '(.txt/.jsonl/.json, as prepare.py reads; default: the bundled sample\'s validation split)')
@@ -919,7 +909,7 @@ def main(argv=None):
     groups = seed_groups(loaded)
     group_of = {r['name']: g['label'] for g in groups for r in g['runs']}
     try:
-        baseline = pick_baseline(groups, args.baseline)
+        baseline, why = pick_baseline(groups, args.baseline)
     except ValueError as e:
         fail(e)
     status = {r['name']: r['status'] for r in loaded}
@@ -927,10 +917,13 @@ def main(argv=None):
     curves = {g['label']: curves.get(g['label'], []) for g in groups}
     by_size = None if args.baseline else baselines_by_size(groups, baseline)
     baseline_label = f"{baseline['model_name']} at each size" if by_size else baseline['label']
+    if by_size:
+        why = f"a ladder: each group against the group of model_name '{baseline['model_name']}' at its own size"
     stat_rows = group_statistics(groups, numbers, baseline, by_size)
 
     run_settings = dict(
-        probes=args.probes, baseline=baseline_label, decoding=decoding, temperature=args.temperature,
+        probes=args.probes, baseline=baseline_label, baseline_chosen_by=why, decoding=decoding,
+        temperature=args.temperature,
         top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         device=device, torch_version=torch.__version__, stories=str(args.stories or sample_files()['val']),
         checkpoint_step=args.checkpoint_step if args.checkpoint_step is not None else 'latest',

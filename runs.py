@@ -772,6 +772,28 @@ def size_label(config):
     return f"{config.get('n_layer')}x{config.get('n_embd')}, {tokens / 1e6:.3g}M tok"
 
 
+def pick_baseline(groups, pattern=None):
+    """The baseline group and why it was chosen. pattern (a run name, a glob or a group label, from
+    --baseline) wins; otherwise the first group with model_name 'baseline', otherwise the first group.
+    ValueError where the pattern matches no group or runs of several."""
+    if pattern:
+        hits = [g for g in groups if g['label'] == pattern
+                or any(fnmatch.fnmatchcase(r['name'], pattern) for r in g['runs'])]
+        if not hits:
+            names = ', '.join(r['name'] for g in groups for r in g['runs'])
+            raise ValueError(f"--baseline {pattern!r} matches no run or group (runs: {names})")
+        if len(hits) > 1:
+            raise ValueError(f"--baseline {pattern!r} matches runs in {len(hits)} groups "
+                             f"({'; '.join(g['label'] for g in hits)}): name runs of one group")
+        return hits[0], f'--baseline {pattern}'
+    named = [g for g in groups if g['model_name'] == 'baseline']
+    if len(named) == 1:
+        return named[0], "the only group with model_name 'baseline'"
+    if named:
+        return named[0], "several groups have model_name 'baseline'; took the first of them (choose with --baseline)"
+    return groups[0], "no group has model_name 'baseline'; took the first group (choose with --baseline)"
+
+
 def baselines_by_size(groups, baseline):
     """A ladder's baselines: {size: the group of the baseline's model_name at that size}, where the groups
     of other model_names span several sizes, so that each is judged against the baseline of its own size (a

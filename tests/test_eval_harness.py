@@ -364,7 +364,7 @@ def test_group_statistics_by_hand():
                    g1={'prompts.accuracy': 0.6}, g2={'prompts.accuracy': 0.8}, g3={'prompts.accuracy': 0.7},
                    g3_again={'prompts.accuracy': 0.1}, m1={'prompts.accuracy': 0.9, 'length.loss_1-2x': math.nan})
     groups = runs.seed_groups(loaded)
-    rows = eh.group_statistics(groups, numbers, eh.pick_baseline(groups))
+    rows = eh.group_statistics(groups, numbers, eh.pick_baseline(groups)[0])
     by = {(r['number'], r['group']): r for r in rows}
     base, gqa, mqa = (by['prompts.accuracy', g] for g in ('baseline', 'gqa', 'mqa'))
     assert (base['mean'], base['n'], base['verdict']) == (pytest.approx(0.6), 3, 'baseline')
@@ -382,9 +382,10 @@ def test_group_statistics_by_hand():
     assert gqa['p_holm'] >= gqa['p_value'] and mqa['p_holm'] >= mqa['p_value']
     # a number no run of a group has: said, not a crash
     assert by['length.loss_1-2x', 'mqa']['verdict'].startswith('no value') and by['length.loss_1-2x', 'mqa']['n'] == 0
-    assert eh.pick_baseline(groups, 'g2')['label'] == 'gqa'
-    with pytest.raises(ValueError, match="--baseline 'nope': no evaluated run or seed group"):
-        eh.pick_baseline(groups, 'nope')
+    from runs import pick_baseline  # the one picker compare.py uses too
+    assert pick_baseline(groups, 'g2')[0]['label'] == 'gqa'
+    with pytest.raises(ValueError, match="--baseline 'nope' matches no run or group"):
+        pick_baseline(groups, 'nope')
 
 
 def test_groups_and_status_beside_the_per_run_rows(tmp_path):
