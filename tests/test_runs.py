@@ -181,3 +181,17 @@ def test_seed_groups_pool_replicates_and_split_real_differences():
     groups = runs.seed_groups([run('a', seed=1), run('b', seed=2), run('c', n_layer=4), run('d', model_name='gqa')])
     assert [[r['name'] for r in g['runs']] for g in groups] == [['a', 'b'], ['c'], ['d']]
     assert groups[0]['label'] == 'baseline [n_layer=2]' and groups[2]['label'] == 'gqa'
+
+
+def test_the_baseline_is_a_baseline_group_even_when_another_sorts_first():
+    from runs import pick_baseline
+    group = lambda model, label, name: dict(model_name=model, label=label, runs=[dict(name=name)])
+    groups = [group('alibi', 'alibi', 'alibi_s1'), group('baseline', 'baseline [n_layer=2]', 'baseline_2_s1'),
+              group('baseline', 'baseline [n_layer=4]', 'baseline_4_s1')]
+    chosen, why = pick_baseline(groups)
+    assert chosen is groups[1] and why.startswith("several groups have model_name 'baseline'; took the first of them")
+    assert pick_baseline(groups, 'baseline_4_*')[0] is groups[2]
+    assert pick_baseline(groups[:1])[0] is groups[0]  # no baseline at all: the first group, said so
+    assert 'no group has model_name' in pick_baseline(groups[:1])[1]
+    with pytest.raises(ValueError, match=r"--baseline 'baseline_\*' matches runs in 2 groups"):
+        pick_baseline(groups, 'baseline_*')
