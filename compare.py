@@ -50,7 +50,8 @@ import numpy as np
 import stats
 from runs import (EXPECTED_TO_DIFFER, METRIC, METRICS, SEED_GROUP_IGNORED_KEYS, SIZE_KEYS, STATUSES, RunError,
                   _short, add_run_args, atomic_write_bytes, atomic_write_text, baselines_by_size, find_runs,
-                  read_json, read_layer_norms, read_run, resolve_checkpoint, seed_groups, size_label, size_of)
+                  ladder_baseline, read_json, read_layer_norms, read_run, references, resolve_checkpoint,
+                  seed_groups, size_label, size_of)
 from runs import pick_baseline as pick_run_baseline
 
 X_AXES = {'iter': 'iter', 'tokens': 'tokens_seen', 'time': 'elapsed_s'}  # --x: the metrics column on x
@@ -328,28 +329,12 @@ def group_notes(group, rows):
     return notes
 
 
-def references(groups, baseline, by_size=None):
-    """(order, reference): the groups, each baseline followed by the groups judged against it, and
-    reference(group): the group it is compared with (None for a baseline, or a ladder size with none).
-    by_size (runs.baselines_by_size): each group against the baseline of its own size; else all against
-    `baseline`."""
-    if not by_size:
-        return [baseline] + [g for g in groups if g is not baseline], lambda g: None if g is baseline else baseline
-    bases = [baseline] + [b for b in by_size.values() if b is not baseline]
-    is_base = {id(b) for b in bases}
-    order = []
-    for b in bases:
-        order += [b] + [g for g in groups if id(g) not in is_base and size_of(g) == size_of(b)]
-    order += [g for g in groups if all(g is not o for o in order)]  # sizes without a baseline
-    return order, lambda g: None if id(g) in is_base else by_size.get(size_of(g))
-
-
 def group_table(groups, baseline, rows, metric, min_effect=stats.MIN_EFFECT, by_size=None):
     """One row per group (each baseline first, then the groups judged against it): final values over its
     replicates, and the difference from its baseline in `metric` at the comparison point with its interval;
     verdicts Holm-adjusted across all rows. by_size: a ladder's baseline per size (runs.baselines_by_size)."""
     table, results = [], []
-    order, reference = references(groups, baseline, by_size)
+    order, reference, is_base = references(groups, baseline, by_size)
     for group in order:
         ref = reference(group)
         result = compare_groups(group, ref, metric, min_effect) if ref is not None else None
@@ -377,7 +362,7 @@ def group_table(groups, baseline, rows, metric, min_effect=stats.MIN_EFFECT, by_
         row['p_holm'] = p
     for row, result, group in zip(table, results, order):
         ref = reference(group)
-        row['is_baseline'] = ref is None and (not by_size or size_of(group) in by_size)
+        row['is_baseline'] = is_base(group)
         if row['is_baseline']:
             row['verdict'] = f"baseline at {size_label(group['runs'][0]['config'])}" if by_size else 'baseline'
             continue
@@ -645,7 +630,7 @@ def difference_figure(groups, baseline, metric, colors, by_size=None):
     verdict's own point and interval (a diamond with error bar)."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    _, reference = references(groups, baseline, by_size)
+    _, reference, _ = references(groups, baseline, by_size)
     for g in groups:
         d = difference_curves(g, reference(g), metric) if reference(g) is not None else None
         if d is None:
@@ -1155,8 +1140,11 @@ def leaderboard(table):
             return (block(row), 0, 0.0)
         diff = row['diff_vs_baseline']
         return (block(row), 1, 0.0) if diff is None else (block(row), 0, diff)
-    ranked = sorted(table, key=key)
-    return [(sum(block(r) == block(row) for r in ranked[:i + 1]), row) for i, row in enumerate(ranked)]
+    ranked, counts = [], {}
+    for row in sorted(table, key=key):
+        counts[block(row)] = counts.get(block(row), 0) + 1
+        ranked.append((counts[block(row)], row))
+    return ranked
 
 
 def leaderboard_html(table, baseline_label, metric, speed_caveat):
@@ -1378,10 +1366,7 @@ def main(argv=None):
     by_size = None if args.baseline else baselines_by_size(groups, baseline)
     baseline_label = baseline['label']
     if by_size:
-        n_sizes = len({size_of(g) for g in groups})
-        baseline_label = f"{baseline['model_name']} at each size"
-        why = (f"a ladder: the groups span {n_sizes} model sizes, so each is compared with the group of model_name "
-               f"'{baseline['model_name']}' at its own size (column compared_with; one baseline for all: --baseline)")
+        baseline_label, why = ladder_baseline(groups, baseline)
     table = group_table(groups, baseline, rows, metric, args.min_effect, by_size)
     notes += [f"{r['name']} counted once: same settings and seed as {kept['name']} (a rerun or a copy)"
               for g in groups for r, kept in replicates(g)[1]]

@@ -64,8 +64,8 @@ from generate import check_settings
 from model import pick_device
 from prepare import read_stories, sample_files
 from runs import (RunError, add_run_args, atomic_write_bytes, atomic_write_text, baselines_by_size, find_runs,
-                  load_run_model, parse_step, pick_baseline, read_run, resolve_checkpoint, seed_groups, size_label,
-                  size_of)
+                  ladder_baseline, load_run_model, parse_step, pick_baseline, read_run, references,
+                  resolve_checkpoint, seed_groups, size_label)
 
 DEFAULT_PROMPTS = 'eval/prompts_tinystories.json'
 REQUIRED_KEYS = ('id', 'category', 'difficulty', 'score', 'prompt')
@@ -405,9 +405,8 @@ def group_statistics(groups, numbers, baseline, by_size=None):
     stats.py, as compare.py judges val loss. numbers: {run: {number: value}}; a seed that appears twice in
     a group counts once (a rerun is the same replicate). Holm's adjustment runs over the groups of one
     number, as compare.py's over the groups of its metric."""
-    bases = list(by_size.values()) if by_size else [baseline]
-    reference = [None if any(g is b for b in bases) else by_size.get(size_of(g)) if by_size else baseline
-                 for g in groups]
+    _, reference_of, is_base = references(groups, baseline, by_size)
+    reference = [reference_of(g) for g in groups]
     position = {id(g): i for i, g in enumerate(groups)}
     names = list(dict.fromkeys(k for values in numbers.values() for k in values))
     rows = []
@@ -426,7 +425,7 @@ def group_statistics(groups, numbers, baseline, by_size=None):
         for g, values, r, ph, ref, base in zip(groups, by_seed, results, p_holm, reference, base_values):
             d = stats.describe(values.values())
             at = f" at {size_label(g['runs'][0]['config'])}" if by_size else ''
-            if ref is None and any(g is b for b in bases):
+            if is_base(g):
                 verdict = f'baseline{at}' if values else f'baseline{at}: no value'
             elif ref is None:
                 verdict = f'no baseline group{at}'
@@ -916,9 +915,9 @@ def main(argv=None):
     numbers, probe_rows, position_rows, story_rows, curves, rows = collect(probed, group_of, prompts)
     curves = {g['label']: curves.get(g['label'], []) for g in groups}
     by_size = None if args.baseline else baselines_by_size(groups, baseline)
-    baseline_label = f"{baseline['model_name']} at each size" if by_size else baseline['label']
+    baseline_label = baseline['label']
     if by_size:
-        why = f"a ladder: each group against the group of model_name '{baseline['model_name']}' at its own size"
+        baseline_label, why = ladder_baseline(groups, baseline)
     stat_rows = group_statistics(groups, numbers, baseline, by_size)
 
     run_settings = dict(

@@ -812,6 +812,32 @@ def baselines_by_size(groups, baseline):
     return {size: gs[0] for size, gs in by_size.items()}
 
 
+def ladder_baseline(groups, baseline):
+    """(label, why) of a ladder's baselines, as the reports name them."""
+    model = baseline['model_name']
+    return (f"{model} at each size",
+            f"a ladder: the groups span {len({size_of(g) for g in groups})} model sizes, so each is compared with "
+            f"the group of model_name '{model}' at its own size (column compared_with; one baseline for all: "
+            f"--baseline)")
+
+
+def references(groups, baseline, by_size=None):
+    """(order, reference, is_base): the groups, each baseline followed by the groups judged against it;
+    reference(group), the group it is compared with (None for a baseline, or at a ladder size without
+    one); is_base(group). by_size (baselines_by_size): each group against the baseline of its own size;
+    else all against `baseline`."""
+    bases = [baseline] + [b for b in (by_size or {}).values() if b is not baseline]
+    base_ids = {id(b) for b in bases}
+    is_base = lambda g: id(g) in base_ids
+    if not by_size:
+        return bases + [g for g in groups if not is_base(g)], lambda g: None if is_base(g) else baseline, is_base
+    order = []
+    for b in bases:
+        order += [b] + [g for g in groups if not is_base(g) and size_of(g) == size_of(b)]
+    order += [g for g in groups if all(g is not o for o in order)]  # sizes without a baseline
+    return order, lambda g: None if is_base(g) else by_size.get(size_of(g)), is_base
+
+
 # -----------------------------------------------------------------------------
 # the command-line words every script shares
 
